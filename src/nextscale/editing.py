@@ -1,0 +1,100 @@
+"""Zero-shot in-painting, out-painting and class-conditional editing (spec §4).
+
+The input image is tokenized; sampling then runs as usual, except that at every scale the sampled
+codes are replaced by the image's codes wherever the keep-mask (resized to that scale) says so.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from nextscale.images import load_images, to_model_input
+from nextscale.sampling import (SampleOutput, _tokenizer_of, as_label_tensor, generate_tokens, make_generator,
+                                validate_sampling_args)
+from nextscale.transformer.var import VAR
+
+
+def box_mask(box: Sequence[float], size: int, inside: bool = True) -> torch.Tensor:
+    """(size, size) float mask: 1 inside the box (fractions y0, x0, y1, x1), 0 outside; or the reverse."""
+    if len(box) != 4:
+        raise ValueError(f"a box is four fractions y0, x0, y1, x1; got {list(box)}")
+    y0, x0, y1, x1 = (float(v) for v in box)
+    if not all(0.0 <= v <= 1.0 for v in (y0, x0, y1, x1)):
+        raise ValueError(f"box fractions must lie in [0, 1], got {list(box)}")
+    r0, r1, c0, c1 = round(y0 * size), round(y1 * size), round(x0 * size), round(x1 * size)
+    if r1 <= r0 or c1 <= c0:
+        raise ValueError(f"box {list(box)} covers no token of the {size}x{size} grid: it needs y1 > y0 and x1 > x0")
+    mask = torch.zeros(size, size)
+    mask[r0:r1, c0:c1] = 1.0
+    return mask if inside else 1.0 - mask
+
+
+def inpaint_keep_mask(box: Sequence[float], size: int) -> torch.Tensor:
+    """Keep-mask for in-painting: regenerate the box, keep everything else."""
+    return box_mask(box, size, inside=False)
+
+
+def outpaint_keep_mask(box: Sequence[float], size: int) -> torch.Tensor:
+    """Keep-mask for out-painting: keep the box, regenerate everything around it."""
+    return box_mask(box, size, inside=True)
+
+
+def keep_mask_from_image(mask_img: torch.Tensor, size: int) -> torch.Tensor:
+    """A mask image (H, W) in [0, 1], white = regenerate, to a keep-mask on the size x size token grid."""
+    regenerate = F.interpolate(mask_img[None, None].float(), size=(size, size), mode="area")[0, 0]
+    return (regenerate < 0.5).float()
+
+
+def per_scale_keep(keep_mask: torch.Tensor, patch_nums: Sequence[int]) -> list[torch.Tensor]:
+    """Keep-mask on the finest grid -> boolean (pn*pn,) per scale: bilinear resize, keep where > 0.5;
+    scales with at most 3 tokens keep everything (too coarse for a mask to mean anything)."""
+    masks = []
+    for pn in patch_nums:
+        if pn * pn <= 3:
+            masks.append(torch.ones(pn * pn, dtype=torch.bool, device=keep_mask.device))
+            continue
+        m = F.interpolate(keep_mask[None, None].float(), size=(pn, pn), mode="bilinear")[0, 0]
+        masks.append((m > 0.5).flatten())
+    return masks
+
+
+@torch.no_grad()
+def edit(var: VAR, image, keep_mask: torch.Tensor, labels=None, seed: int | None = None, cfg: float = 3.0,
+         top_k: int = 0, top_p: float = 0.0, more_smooth: bool = False,
+         generator: torch.Generator | None = None) -> SampleOutput:
+    """Regenerate the parts of `image` where `keep_mask` is 0, conditioned on the kept parts.
+
+    image: a tensor (B, C, H, W) in [0, 1], a PIL image, a path, or a list of those; any size and mode
+    (resized and center-cropped to the model's resolution). keep_mask: (pn_K, pn_K) on the finest
+    token grid (1 = keep), or (B, pn_K, pn_K). labels: class id(s); the null class (`var.num_classes`,
+    the default) edits unconditionally. Returns images at the model's resolution in [0, 1].
+    """
+    vae = _tokenizer_of(var)
+    device = var.pos_1LC.device
+    validate_sampling_args(var.num_classes, None, cfg, top_k, top_p)
+    img_B3HW = to_model_input(load_images(image), vae.resolution, vae.config.image_channels).to(device)
+    B = img_B3HW.shape[0]
+    size = var.patch_nums[-1]
+    keep_mask = torch.as_tensor(keep_mask, dtype=torch.float32, device=device)
+    if keep_mask.shape[-2:] != (size, size):
+        raise ValueError(f"the keep-mask must be {size}x{size} (the finest token grid), got {tuple(keep_mask.shape)}")
+    masks_B = keep_mask.expand(B, size, size) if keep_mask.ndim == 2 else keep_mask
+    if masks_B.shape[0] != B:
+        raise ValueError(f"{masks_B.shape[0]} keep-masks for {B} images")
+
+    labels_B = as_label_tensor(var.num_classes if labels is None else labels, var.num_classes, device)
+    if labels_B.numel() == 1:
+        labels_B = labels_B.expand(B).clone()
+    if labels_B.numel() != B:
+        raise ValueError(f"{labels_B.numel()} labels for {B} images")
+
+    known_tokens = vae.encode_tokens(img_B3HW.mul(2).sub(1))
+    keeps = [torch.stack(m) for m in zip(*(per_scale_keep(mk, var.patch_nums) for mk in masks_B))]
+    forced = list(zip(known_tokens, keeps))
+    if generator is None:
+        generator = make_generator(seed, "cpu" if device.type == "cpu" else device)
+    tokens, f_hat = generate_tokens(var, labels_B, generator, cfg, top_k, top_p, more_smooth, forced=forced)
+    return SampleOutput(images=vae.decode_fhat(f_hat).add(1).mul(0.5), tokens=tokens, labels=labels_B)

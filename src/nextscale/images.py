@@ -1,0 +1,122 @@
+"""Image input/output: reading any image into the model's resolution, and writing PNG files and grids."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+
+class ImageReadError(ValueError):
+    """An image file is missing or cannot be decoded."""
+
+
+def read_image(path: str | os.PathLike) -> Image.Image:
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"image not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.copy()
+    except (UnidentifiedImageError, OSError) as e:
+        raise ImageReadError(f"cannot read image {path}: {e}") from e
+
+
+def pil_to_tensor(im: Image.Image, channels: int = 3) -> torch.Tensor:
+    """PIL image of any mode -> (channels, H, W) float in [0, 1]. Transparency is composited on black."""
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        background = Image.new("RGBA", im.size, (0, 0, 0, 255))
+        im = Image.alpha_composite(background, im)
+    im = im.convert("L" if channels == 1 else "RGB")
+    arr = np.asarray(im, dtype=np.float32) / 255.0
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+
+def load_images(images) -> list[torch.Tensor] | torch.Tensor:
+    """A tensor (B, C, H, W) / (C, H, W), a PIL image, a path, or a list of those -> tensor or list of (C, H, W)."""
+    if isinstance(images, torch.Tensor):
+        return images if images.ndim == 4 else images.unsqueeze(0)
+    if isinstance(images, (str, os.PathLike, Image.Image)):
+        images = [images]
+    out = []
+    for im in images:
+        if isinstance(im, (str, os.PathLike)):
+            im = read_image(im)
+        if isinstance(im, Image.Image):
+            im = pil_to_tensor(im, 3)
+        out.append(im if im.ndim == 3 else im.squeeze(0))
+    return out
+
+
+def resize_center_crop(img_CHW: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize the shorter side to `size` (bicubic, antialiased) and center-crop to size x size."""
+    C, H, W = img_CHW.shape
+    if (H, W) == (size, size):
+        return img_CHW
+    scale = size / min(H, W)
+    new_h, new_w = max(size, round(H * scale)), max(size, round(W * scale))
+    img = F.interpolate(img_CHW[None], size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False)[0]
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    return img[:, top:top + size, left:left + size].clamp(0, 1)
+
+
+def match_channels(img_CHW: torch.Tensor, channels: int) -> torch.Tensor:
+    if img_CHW.shape[0] == channels:
+        return img_CHW
+    if img_CHW.shape[0] == 1:
+        return img_CHW.expand(channels, -1, -1)
+    if img_CHW.shape[0] == 4:  # RGBA tensor: drop alpha
+        img_CHW = img_CHW[:3]
+    if channels == 1:
+        r, g, b = img_CHW[:3]
+        return (0.299 * r + 0.587 * g + 0.114 * b).unsqueeze(0)
+    return img_CHW[:channels]
+
+
+def to_model_input(images, size: int, channels: int = 3) -> torch.Tensor:
+    """Images in [0, 1] of any size -> (B, channels, size, size) in [0, 1]."""
+    if isinstance(images, torch.Tensor):
+        images = list(images)
+    return torch.stack([match_channels(resize_center_crop(im.float(), size), channels) for im in images])
+
+
+def to_uint8_hwc(images_BCHW: torch.Tensor) -> np.ndarray:
+    """(B, C, H, W) in [0, 1] -> (B, H, W, 3) uint8 (grayscale repeated), the ADM `.npz` layout."""
+    if images_BCHW.shape[1] == 1:
+        images_BCHW = images_BCHW.expand(-1, 3, -1, -1)
+    return images_BCHW.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def make_grid(images_BCHW: torch.Tensor, ncols: int | None = None, padding: int = 2) -> np.ndarray:
+    """Tile images into one (H, W, 3) uint8 array, row-major, `ncols` per row."""
+    arr = to_uint8_hwc(images_BCHW)
+    B, H, W, _ = arr.shape
+    ncols = ncols or math.ceil(math.sqrt(B))
+    nrows = math.ceil(B / ncols)
+    grid = np.zeros((nrows * (H + padding) + padding, ncols * (W + padding) + padding, 3), dtype=np.uint8)
+    for i, im in enumerate(arr):
+        r, c = divmod(i, ncols)
+        y, x = padding + r * (H + padding), padding + c * (W + padding)
+        grid[y:y + H, x:x + W] = im
+    return grid
+
+
+def save_png(array_HWC: np.ndarray, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array_HWC).save(path)
+    return path
+
+
+def save_images(images_BCHW: torch.Tensor, folder: str | os.PathLike, names: Sequence[str]) -> list[Path]:
+    return [save_png(im, Path(folder) / name) for im, name in zip(to_uint8_hwc(images_BCHW), names)]

@@ -1,0 +1,184 @@
+"""Class-conditional sampling with classifier-free guidance, top-k/top-p and KV caching (spec §3).
+
+Random-number protocol (reproduces the reference sampler token for token): one generator seeded
+with the seed; labels, when not given, are drawn first with one multinomial over a uniform class
+distribution; then per scale one `torch.multinomial` over the (B*l, V) filtered probabilities, and
+in "more smooth" mode one `exponential_` draw of shape (B, l, V) for the Gumbel noise after it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from nextscale.transformer.var import VAR
+
+
+@dataclass
+class SampleOutput:
+    """`images` (B, C, H, W) in [0, 1]; `tokens` one LongTensor (B, pn*pn) per scale; `labels` (B,)."""
+
+    images: torch.Tensor
+    tokens: list[torch.Tensor]
+    labels: torch.Tensor
+
+
+def validate_sampling_args(num_classes: int, labels: torch.Tensor | None, cfg: float, top_k: int, top_p: float) -> None:
+    """Raise ValueError with a message that names the bad argument."""
+    if labels is not None and labels.numel() and (labels.min() < 0 or labels.max() > num_classes):
+        bad = labels[(labels < 0) | (labels > num_classes)].tolist()
+        raise ValueError(f"class ids {bad} are outside [0, {num_classes}] "
+                         f"(0..{num_classes - 1} are classes, {num_classes} is the null class for unconditional sampling)")
+    if not (cfg >= 0 and math.isfinite(cfg)):
+        raise ValueError(f"cfg must be a finite number >= 0, got {cfg}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0 disables it), got {top_k}")
+    if not 0 <= top_p <= 1:
+        raise ValueError(f"top_p must be in [0, 1] (0 disables it), got {top_p}")
+
+
+def filter_logits(logits_BlV: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -> torch.Tensor:
+    """Top-k then top-p (nucleus) filtering, in place: removed logits become -inf."""
+    V = logits_BlV.shape[-1]
+    if 0 < top_k < V:
+        kth = logits_BlV.topk(top_k, dim=-1, largest=True, sorted=False)[0].amin(dim=-1, keepdim=True)
+        logits_BlV.masked_fill_(logits_BlV < kth, -torch.inf)
+    if top_p > 0:
+        sorted_logits, sorted_idx = logits_BlV.sort(dim=-1, descending=False)
+        remove_sorted = sorted_logits.softmax(dim=-1).cumsum_(dim=-1) <= (1 - top_p)
+        remove_sorted[..., -1:] = False  # always keep the most likely token
+        logits_BlV.masked_fill_(remove_sorted.scatter(-1, sorted_idx, remove_sorted), -torch.inf)
+    return logits_BlV
+
+
+def gumbel_soft_codes(logits_BlV: torch.Tensor, tau: float, codebook_VC: torch.Tensor,
+                      generator: torch.Generator | None) -> torch.Tensor:
+    """softmax((logits + Gumbel noise) / tau) @ codebook: (B, l, C)."""
+    gumbels = -torch.empty_like(logits_BlV).exponential_(generator=generator).log()
+    return ((logits_BlV + gumbels) / tau).softmax(dim=-1) @ codebook_VC
+
+
+def _tokenizer_of(var: VAR):
+    vae = getattr(var, "tokenizer", None)
+    if vae is None:
+        raise ValueError("this transformer has no tokenizer attached: load it with "
+                         "nextscale.load_var(path, vae=vae) or call var.attach_tokenizer(vae)")
+    return vae
+
+
+@torch.no_grad()
+def generate_tokens(var: VAR, labels_B: torch.Tensor, generator: torch.Generator | None, cfg: float = 1.5,
+                    top_k: int = 0, top_p: float = 0.0, more_smooth: bool = False,
+                    forced: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
+                    on_scale: Callable[[int], None] | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Sample token maps scale by scale; returns (tokens per scale, final f_hat).
+
+    `forced[k] = (known_idx_Bl, keep_Bl)`, when given, replaces the sampled codes of scale k by the
+    known ones wherever `keep_Bl` is True (zero-shot editing). Sampling still draws every token, so
+    the random stream does not depend on the mask.
+    """
+    vae = _tokenizer_of(var)
+    quantizer = vae.quantize
+    patch_nums = var.patch_nums
+    K = len(patch_nums)
+    B = labels_B.shape[0]
+    codebook = quantizer.embedding.weight
+
+    labels_2B = torch.cat((labels_B, torch.full_like(labels_B, var.num_classes)))
+    cond_2BD = var.class_emb(labels_2B)
+    mods = var.block_modulations(cond_2BD)
+    cache = var.new_kv_cache(2 * B)
+    x_2BlC = var.first_scale_input(cond_2BD)
+    size = patch_nums[-1]
+    f_hat = codebook.new_zeros(B, quantizer.channels, size, size)
+    tokens = []
+    for si, pn in enumerate(patch_nums):
+        ratio = si / (K - 1) if K > 1 else 1.0
+        logits_2BlV = var.forward_scale(x_2BlC, cond_2BD, mods, cache)
+        t = cfg * ratio
+        logits_BlV = (1 + t) * logits_2BlV[:B] - t * logits_2BlV[B:]
+        filter_logits(logits_BlV, top_k, top_p)
+        V = logits_BlV.shape[-1]
+        idx_Bl = torch.multinomial(logits_BlV.softmax(dim=-1).view(-1, V), 1, replacement=True,
+                                   generator=generator).view(B, pn * pn)
+        keep_Bl = None
+        if forced is not None:
+            known_idx_Bl, keep_Bl = forced[si]
+            idx_Bl = torch.where(keep_Bl, known_idx_Bl, idx_Bl)
+        h_BlC = quantizer.embedding(idx_Bl)
+        if more_smooth:
+            tau = max(0.27 * (1 - 0.95 * ratio), 0.005)
+            soft_BlC = gumbel_soft_codes(logits_BlV * (1 + ratio), tau, codebook, generator)
+            # Forced (kept) positions keep their exact code, not the soft mixture.
+            h_BlC = soft_BlC if keep_Bl is None else torch.where(keep_Bl.unsqueeze(-1), h_BlC, soft_BlC)
+        tokens.append(idx_Bl)
+        h_BChw = h_BlC.transpose(1, 2).reshape(B, quantizer.channels, pn, pn)
+        f_hat, next_input = quantizer.add_scale(f_hat, h_BChw, si)
+        if next_input is not None:
+            x_2BlC = var.embed_scale_input(next_input, si + 1).repeat(2, 1, 1)
+        if on_scale is not None:
+            on_scale(si)
+    return tokens, f_hat
+
+
+def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator | None:
+    if seed is None:
+        return None
+    g = torch.Generator(device=device)
+    g.manual_seed(int(seed))
+    return g
+
+
+def as_label_tensor(labels, num_classes: int, device) -> torch.Tensor | None:
+    if labels is None:
+        return None
+    if isinstance(labels, int):
+        labels = [labels]
+    t = torch.as_tensor(labels, dtype=torch.long, device=device).flatten()
+    validate_sampling_args(num_classes, t, 0.0, 0, 0.0)
+    return t
+
+
+@torch.no_grad()
+def sample(var: VAR, labels=None, seed: int | None = None, cfg: float = 1.5, top_k: int = 0, top_p: float = 0.0,
+           more_smooth: bool = False, batch_size: int | None = None, generator: torch.Generator | None = None,
+           num_samples: int | None = None, progress: bool = False) -> SampleOutput:
+    """Generate images.
+
+    labels: list/tensor of class ids (the null class `var.num_classes` samples unconditionally), or
+    None to draw `num_samples` (default 1) labels uniformly. `seed` seeds one CPU generator shared by the
+    whole request (the reference protocol); `generator` may be passed instead. Requests larger than
+    `batch_size` are split into batches that draw from the same generator in order, so the result
+    depends on the batch size (see `sample` tests): fix it to reproduce a run.
+    """
+    device = var.pos_1LC.device
+    validate_sampling_args(var.num_classes, None, cfg, top_k, top_p)
+    if generator is None:
+        generator = make_generator(seed, "cpu" if device.type == "cpu" else device)
+    labels_B = as_label_tensor(labels, var.num_classes, device)
+    if labels_B is None:
+        n = num_samples or 1
+        uniform = torch.full((var.num_classes,), 1.0 / var.num_classes, device=device)
+        labels_B = torch.multinomial(uniform, n, replacement=True, generator=generator).view(n)
+    vae = _tokenizer_of(var)
+    vae.to(device)
+    B = labels_B.shape[0]
+    batch_size = batch_size or B
+    batches = [labels_B[i:i + batch_size] for i in range(0, B, batch_size)]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(batches) * len(var.patch_nums), desc="sampling", unit="scale")
+    images, token_lists = [], []
+    for labels_b in batches:
+        toks, f_hat = generate_tokens(var, labels_b, generator, cfg, top_k, top_p, more_smooth,
+                                      on_scale=(lambda _: bar.update(1)) if bar else None)
+        images.append(vae.decode_fhat(f_hat).add(1).mul(0.5))
+        token_lists.append(toks)
+    if bar:
+        bar.close()
+    tokens = [torch.cat([t[si] for t in token_lists]) for si in range(len(var.patch_nums))]
+    return SampleOutput(images=torch.cat(images), tokens=tokens, labels=labels_B)

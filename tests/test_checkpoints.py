@@ -1,0 +1,150 @@
+"""Checkpoint loading: presets vs the published manifest, our format, and bad files."""
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+import nextscale
+from nextscale.checkpoints import (VAE_PRESETS, VAR_PRESETS, CheckpointError, _load_strict, infer_vae_config,
+                                   infer_var_config)
+from nextscale.tokenizer import VQVAE
+from nextscale.transformer import VAR
+
+MANIFEST_NAMES = {"vae-f16c32": "vae_ch160v4096z32", "var-d16": "var_d16", "var-d20": "var_d20",
+                  "var-d24": "var_d24", "var-d30": "var_d30", "var-d36": "var_d36"}
+
+
+@pytest.fixture(scope="module")
+def manifest(reference_file):
+    return json.loads(reference_file("official_checkpoint_manifest.json").read_text())
+
+
+def _meta_state_dict(entries: dict) -> dict:
+    dtypes = {"float32": torch.float32, "int64": torch.int64}
+    return {k: torch.empty(v["shape"], dtype=dtypes[v["dtype"]], device="meta")
+            for k, v in entries.items() if not k.startswith("__")}
+
+
+@pytest.mark.parametrize("preset", list(MANIFEST_NAMES))
+def test_preset_state_dict_equals_published_manifest(preset, manifest):
+    entries = manifest[MANIFEST_NAMES[preset]]
+    build = VQVAE if preset in VAE_PRESETS else VAR
+    config = VAE_PRESETS.get(preset) or VAR_PRESETS[preset]
+    with torch.device("meta"):
+        model = build(config)
+    ours = {k: (list(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in model.state_dict().items()}
+    theirs = {k: (v["shape"], v["dtype"]) for k, v in entries.items() if not k.startswith("__")}
+    assert sorted(set(theirs) - set(ours)) == [] and sorted(set(ours) - set(theirs)) == []
+    assert ours == theirs
+    if "count" in entries.get("__params__", {}):
+        assert sum(p.numel() for p in model.parameters()) + sum(
+            b.numel() for n, b in model.named_buffers() if "ema_vocab" in n) >= entries["__params__"]["count"] * 0.99
+
+
+@pytest.mark.parametrize("preset", list(MANIFEST_NAMES))
+def test_synthesized_published_state_dict_loads_and_infers_the_preset(preset, manifest):
+    sd = _meta_state_dict(manifest[MANIFEST_NAMES[preset]])
+    if preset in VAE_PRESETS:
+        config, presets, build = infer_vae_config(sd), VAE_PRESETS, VQVAE
+    else:
+        config, presets, build = infer_var_config(sd), VAR_PRESETS, VAR
+    assert config == presets[preset]
+    with torch.device("meta"):
+        model = build(config)
+    _load_strict(model, sd, presets, build, preset)  # raises on any missing/unexpected key or shape
+
+
+def test_published_var_patch_nums_come_from_token_count(manifest):
+    assert infer_var_config(_meta_state_dict(manifest["var_d36"])).patch_nums == (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)
+    assert infer_var_config(_meta_state_dict(manifest["var_d16"])).patch_nums == (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+
+
+def test_save_load_round_trip_is_exact(tiny_models, tmp_path):
+    vae, var = tiny_models
+    with torch.no_grad():
+        vae.quantize.ema_vocab_hit_SV.uniform_()
+    var.save_pretrained(tmp_path / "model")
+    assert (tmp_path / "model" / "tokenizer" / "model.safetensors").is_file()
+    loaded = nextscale.load_var(tmp_path / "model")
+    assert loaded.config == var.config and loaded.tokenizer.config == vae.config
+    for a, b in ((var, loaded), (vae, loaded.tokenizer)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    loaded_vae = VQVAE.from_pretrained(tmp_path / "model" / "tokenizer")
+    assert loaded_vae.config == vae.config
+
+
+def test_reference_pth_loads_with_inferred_config(ref_vae, ref_var, ref_config):
+    c = ref_config
+    assert ref_vae.config.ch == c["vae"]["ch"] and list(ref_vae.config.ch_mult) == c["vae"]["ch_mult"]
+    assert ref_vae.config.z_channels == c["vae"]["z_channels"] and ref_vae.vocab_size == c["vae"]["vocab_size"]
+    assert ref_var.config.depth == c["var"]["depth"] and ref_var.config.embed_dim == c["var"]["embed_dim"]
+    assert ref_var.num_classes == c["var"]["num_classes"] and ref_var.config.num_heads == c["var"]["num_heads"]
+
+
+def test_unknown_token_count_asks_for_patch_nums(reference_file):
+    with pytest.raises(CheckpointError, match="pass patch_nums"):
+        nextscale.load_var(reference_file("tiny_d2_var.pth"))
+
+
+def test_wrong_file_lists_keys_and_closest_preset(reference_file):
+    with pytest.raises(CheckpointError, match="not a VAR transformer checkpoint"):
+        nextscale.load_var(reference_file("tiny_d2_vae.pth"))
+
+
+def test_mismatched_state_dict_names_missing_unexpected_and_closest_preset(tiny_models, tmp_path):
+    _, var = tiny_models
+    sd = var.state_dict()
+    sd.pop("head.bias")
+    sd["extra.weight"] = torch.zeros(1)
+    path = tmp_path / "broken.pth"
+    torch.save(sd, path)
+    with pytest.raises(CheckpointError) as err:
+        nextscale.load_var(path, patch_nums=(1, 2, 3, 4))
+    msg = str(err.value)
+    assert "missing keys (1): head.bias" in msg and "unexpected keys (1): extra.weight" in msg
+    assert "closest preset: var-d" in msg
+
+
+def test_truncated_files_are_clear_errors(tiny_models, tmp_path):
+    vae, _ = tiny_models
+    torch.save(vae.state_dict(), tmp_path / "vae.pth")
+    data = (tmp_path / "vae.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated"):
+        nextscale.load_vae(tmp_path / "cut.pth")
+    vae.save_pretrained(tmp_path / "folder")
+    weights = tmp_path / "folder" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="truncated"):
+        nextscale.load_vae(tmp_path / "folder")
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_pickle_that_runs_code_is_refused_not_executed(tmp_path):
+    marker = tmp_path / "code_ran"
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        torch.save({"weight": torch.zeros(1), "payload": _RunsCode(marker)}, f)
+    with pytest.raises(CheckpointError, match="would run code"):
+        nextscale.load_vae(path)
+    assert not marker.exists()
+    # The payload really does run under an unsafe loader: the test would catch a regression.
+    torch.load(path, weights_only=False)
+    assert marker.exists()
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        nextscale.load_vae(tmp_path / "nope.pth")
