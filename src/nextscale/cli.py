@@ -1,0 +1,47 @@
+"""The `nextscale` command line. Each subcommand lives in `nextscale.commands.<module>`, which
+defines `add_parser(subparsers)`; the parser it adds sets `run=function(args) -> exit code`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from nextscale.commands.common import UserError, error_types
+
+# Subcommand name -> module. Order is the order of `nextscale --help`.
+COMMANDS = {
+    "sample": "nextscale.commands.sample",
+    "edit": "nextscale.commands.edit",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nextscale",
+        description="VAR: image generation by next-scale prediction. Run `nextscale COMMAND --help` for details.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMANDS.values():
+        importlib.import_module(module).add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except UserError as e:
+        print(f"nextscale {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except error_types() as e:
+        print(f"nextscale {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"nextscale {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the `nextscale` command line (see `nextscale.cli`)."""
