@@ -1,0 +1,1 @@
+"""Datasets: Fashion-MNIST files and image folders."""
