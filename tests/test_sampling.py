@@ -54,19 +54,27 @@ def test_per_scale_keep_mask_rules():
     assert per_scale_keep(stripe, (1, 2))[1].tolist() == [False] * 4  # exactly 0.5 is not kept
 
 
-def test_batch_split_draws_from_one_stream(ref_var):
-    """Rule: one generator feeds the whole request in batch order, so splitting changes the draws.
-    The first batch is identical to sampling that batch alone; a per-image generator reproduces
-    an image whatever batch it is in."""
-    whole = nextscale.sample(ref_var, [3, 7], seed=5, cfg=1.0, top_k=10)
+def test_batch_split_rule(ref_var):
+    """One seed: a single generator feeds the whole request in batch order, so the first batch equals
+    sampling it alone. Per-image generators: every image equals sampling it alone with its seed,
+    whatever the batching."""
+    from nextscale.sampling import seeded_generators
     split = nextscale.sample(ref_var, [3, 7], seed=5, cfg=1.0, top_k=10, batch_size=1)
     alone = nextscale.sample(ref_var, [3], seed=5, cfg=1.0, top_k=10)
     assert torch.equal(split.images[0], alone.images[0])
-    assert split.images.shape == whole.images.shape
-    per_image = [nextscale.sample(ref_var, [lab], seed=100 + i, cfg=1.0, top_k=10) for i, lab in enumerate([3, 7])]
-    again = [nextscale.sample(ref_var, [lab], seed=100 + i, cfg=1.0, top_k=10) for i, lab in enumerate([3, 7])]
-    for a, b in zip(per_image, again):
-        assert torch.equal(a.images, b.images)
+
+    labels, seeds = [3, 7, 1], [100, 101, 102]
+    one_batch = nextscale.sample(ref_var, labels, generator=seeded_generators(seeds), cfg=2.0, top_k=10,
+                                 more_smooth=True)
+    two_batches = nextscale.sample(ref_var, labels, generator=seeded_generators(seeds), cfg=2.0, top_k=10,
+                                   more_smooth=True, batch_size=2)
+    for i, (label, s) in enumerate(zip(labels, seeds)):
+        single = nextscale.sample(ref_var, [label], seed=s, cfg=2.0, top_k=10, more_smooth=True)
+        for k in range(4):
+            assert torch.equal(one_batch.tokens[k][i], single.tokens[k][0])
+            assert torch.equal(two_batches.tokens[k][i], single.tokens[k][0])
+        torch.testing.assert_close(one_batch.images[i], single.images[0], atol=1e-3, rtol=0)
+        torch.testing.assert_close(two_batches.images[i], single.images[0], atol=1e-3, rtol=0)
 
 
 def test_same_seed_same_images_and_different_seed_differs(ref_var):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Sequence, Union
 
 import torch
 
@@ -54,11 +54,30 @@ def filter_logits(logits_BlV: torch.Tensor, top_k: int = 0, top_p: float = 0.0) 
     return logits_BlV
 
 
+Generators = Union[torch.Generator, Sequence[torch.Generator], None]
+
+
+def draw_tokens(probs_BlV: torch.Tensor, generator: Generators) -> torch.Tensor:
+    """One multinomial draw per token: (B, l). A list of generators draws row b with generator b."""
+    B, l, V = probs_BlV.shape
+    if isinstance(generator, (list, tuple)):
+        return torch.stack([torch.multinomial(probs_BlV[b], 1, replacement=True, generator=g).view(l)
+                            for b, g in enumerate(generator)])
+    return torch.multinomial(probs_BlV.view(-1, V), 1, replacement=True, generator=generator).view(B, l)
+
+
+def gumbel_noise(like_BlV: torch.Tensor, generator: Generators) -> torch.Tensor:
+    """Gumbel(0, 1) noise from one `exponential_` draw (per row with a list of generators)."""
+    if isinstance(generator, (list, tuple)):
+        return torch.stack([-torch.empty_like(like_BlV[b]).exponential_(generator=g).log()
+                            for b, g in enumerate(generator)])
+    return -torch.empty_like(like_BlV).exponential_(generator=generator).log()
+
+
 def gumbel_soft_codes(logits_BlV: torch.Tensor, tau: float, codebook_VC: torch.Tensor,
-                      generator: torch.Generator | None) -> torch.Tensor:
+                      generator: Generators) -> torch.Tensor:
     """softmax((logits + Gumbel noise) / tau) @ codebook: (B, l, C)."""
-    gumbels = -torch.empty_like(logits_BlV).exponential_(generator=generator).log()
-    return ((logits_BlV + gumbels) / tau).softmax(dim=-1) @ codebook_VC
+    return ((logits_BlV + gumbel_noise(logits_BlV, generator)) / tau).softmax(dim=-1) @ codebook_VC
 
 
 def _tokenizer_of(var: VAR):
@@ -70,7 +89,7 @@ def _tokenizer_of(var: VAR):
 
 
 @torch.no_grad()
-def generate_tokens(var: VAR, labels_B: torch.Tensor, generator: torch.Generator | None, cfg: float = 1.5,
+def generate_tokens(var: VAR, labels_B: torch.Tensor, generator: Generators, cfg: float = 1.5,
                     top_k: int = 0, top_p: float = 0.0, more_smooth: bool = False,
                     forced: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
                     on_scale: Callable[[int], None] | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -101,9 +120,7 @@ def generate_tokens(var: VAR, labels_B: torch.Tensor, generator: torch.Generator
         t = cfg * ratio
         logits_BlV = (1 + t) * logits_2BlV[:B] - t * logits_2BlV[B:]
         filter_logits(logits_BlV, top_k, top_p)
-        V = logits_BlV.shape[-1]
-        idx_Bl = torch.multinomial(logits_BlV.softmax(dim=-1).view(-1, V), 1, replacement=True,
-                                   generator=generator).view(B, pn * pn)
+        idx_Bl = draw_tokens(logits_BlV.softmax(dim=-1), generator)
         keep_Bl = None
         if forced is not None:
             known_idx_Bl, keep_Bl = forced[si]
@@ -142,39 +159,56 @@ def as_label_tensor(labels, num_classes: int, device) -> torch.Tensor | None:
     return t
 
 
+def seeded_generators(seeds: Sequence[int], device: torch.device | str = "cpu") -> list[torch.Generator]:
+    """One generator per image: image i then samples exactly as it would alone with seed seeds[i]."""
+    return [make_generator(s, device) for s in seeds]
+
+
 @torch.no_grad()
 def sample(var: VAR, labels=None, seed: int | None = None, cfg: float = 1.5, top_k: int = 0, top_p: float = 0.0,
-           more_smooth: bool = False, batch_size: int | None = None, generator: torch.Generator | None = None,
+           more_smooth: bool = False, batch_size: int | None = None, generator: Generators = None,
            num_samples: int | None = None, progress: bool = False) -> SampleOutput:
     """Generate images.
 
     labels: list/tensor of class ids (the null class `var.num_classes` samples unconditionally), or
-    None to draw `num_samples` (default 1) labels uniformly. `seed` seeds one CPU generator shared by the
-    whole request (the reference protocol); `generator` may be passed instead. Requests larger than
-    `batch_size` are split into batches that draw from the same generator in order, so the result
-    depends on the batch size (see `sample` tests): fix it to reproduce a run.
+    None to draw `num_samples` (default 1) labels uniformly.
+
+    Randomness: `seed` seeds one CPU generator shared by the whole request, drawn in batch order (the
+    reference protocol); the result then depends on `batch_size`. `generator` may be passed instead:
+    one generator, or a list with one generator per image (see `seeded_generators`), in which case each
+    image is sampled exactly as it would be alone with its own generator, whatever the batching.
     """
     device = var.pos_1LC.device
     validate_sampling_args(var.num_classes, None, cfg, top_k, top_p)
+    gen_device = "cpu" if device.type == "cpu" else device
     if generator is None:
-        generator = make_generator(seed, "cpu" if device.type == "cpu" else device)
+        generator = make_generator(seed, gen_device)
+    per_image = isinstance(generator, (list, tuple))
     labels_B = as_label_tensor(labels, var.num_classes, device)
     if labels_B is None:
-        n = num_samples or 1
+        n = len(generator) if per_image else (num_samples or 1)
         uniform = torch.full((var.num_classes,), 1.0 / var.num_classes, device=device)
-        labels_B = torch.multinomial(uniform, n, replacement=True, generator=generator).view(n)
+        if per_image:
+            labels_B = torch.cat([torch.multinomial(uniform, 1, generator=g) for g in generator])
+        else:
+            labels_B = torch.multinomial(uniform, n, replacement=True, generator=generator).view(n)
+    B = labels_B.shape[0]
+    if per_image and len(generator) != B:
+        raise ValueError(f"{len(generator)} generators for {B} images: pass one generator per image")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     vae = _tokenizer_of(var)
     vae.to(device)
-    B = labels_B.shape[0]
     batch_size = batch_size or B
-    batches = [labels_B[i:i + batch_size] for i in range(0, B, batch_size)]
+    starts = range(0, B, batch_size)
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=len(batches) * len(var.patch_nums), desc="sampling", unit="scale")
+        bar = tqdm(total=len(starts) * len(var.patch_nums), desc="sampling", unit="scale")
     images, token_lists = [], []
-    for labels_b in batches:
-        toks, f_hat = generate_tokens(var, labels_b, generator, cfg, top_k, top_p, more_smooth,
+    for i in starts:
+        gen_b = generator[i:i + batch_size] if per_image else generator
+        toks, f_hat = generate_tokens(var, labels_B[i:i + batch_size], gen_b, cfg, top_k, top_p, more_smooth,
                                       on_scale=(lambda _: bar.update(1)) if bar else None)
         images.append(vae.decode_fhat(f_hat).add(1).mul(0.5))
         token_lists.append(toks)
