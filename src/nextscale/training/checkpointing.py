@@ -1,0 +1,164 @@
+"""Training checkpoints: atomic writes, keep-last-k, find-latest, random-state capture.
+
+Usage:
+
+    ckpts = CheckpointManager("runs/x/checkpoints", keep_last=3)
+    ckpts.save(step, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                      "rng": capture_rng_state({"data": data_generator})}, config=cfg)
+    # -> runs/x/checkpoints/step_00001000.pt and step_00001000.yaml (the resolved config)
+
+    path = ckpts.latest()                       # None when there is none yet
+    if path is not None:
+        state = load_checkpoint(path)
+        model.load_state_dict(state["model"]); ...
+        restore_rng_state(state["rng"], {"data": data_generator})
+
+Writes go to a temporary file in the same folder, are fsync'ed, then renamed over the target
+(`os.replace` is atomic on POSIX), so a crash mid-write never leaves a truncated checkpoint
+and never replaces the previous good one. Checkpoints hold only tensors and plain Python
+values, so they load with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CHECKPOINT_RE = re.compile(r"^step_(\d+)\.pt$")
+
+
+# ---------------------------------------------------------------------------- atomic files
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, write_fn) -> None:
+    """Call `write_fn(file_object)` on a temp file beside `path`, fsync it, then rename it to `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_torch_save(obj, path: str | os.PathLike) -> None:
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+# ---------------------------------------------------------------------------- random states
+def capture_rng_state(generators: dict[str, torch.Generator] | None = None) -> dict:
+    """Python, NumPy, torch (CPU and all CUDA devices) and named torch.Generator states."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        # NumPy's state tuple holds an ndarray; stored as a tensor so weights_only loading works.
+        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+        "generators": {name: g.get_state() for name, g in (generators or {}).items()},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict, generators: dict[str, torch.Generator] | None = None) -> None:
+    """Inverse of `capture_rng_state`; a generator named in `generators` but not in the state is an error."""
+    random.setstate(_as_tuples(state["python"]))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    for name, g in (generators or {}).items():
+        if name not in state["generators"]:
+            raise KeyError(f"the checkpoint holds no state for the random generator {name!r}")
+        g.set_state(state["generators"][name])
+
+
+def _as_tuples(x):
+    # random.setstate wants tuples; a round trip through some serializers gives lists.
+    return tuple(_as_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+# ---------------------------------------------------------------------------- checkpoint folder
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """Load a training checkpoint written by `CheckpointManager.save` (or `atomic_torch_save`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # unpickling errors have many types
+        raise ValueError(f"cannot read checkpoint {path}: {e}") from None
+
+
+class CheckpointManager:
+    """A folder of `step_NNNNNNNN.pt` checkpoints (+ `.yaml` configs); keeps the newest `keep_last`."""
+
+    def __init__(self, folder: str | os.PathLike, keep_last: int = 3):
+        if keep_last < 1:
+            raise ValueError(f"keep_last must be at least 1, got {keep_last}")
+        self.folder = Path(folder)
+        self.keep_last = keep_last
+
+    def path_for(self, step: int) -> Path:
+        return self.folder / f"step_{step:08d}.pt"
+
+    def all(self) -> list[tuple[int, Path]]:
+        """(step, path) of every complete checkpoint, oldest first."""
+        if not self.folder.is_dir():
+            return []
+        found = []
+        for p in self.folder.iterdir():
+            m = CHECKPOINT_RE.match(p.name)
+            if m:
+                found.append((int(m.group(1)), p))
+        return sorted(found)
+
+    def latest(self) -> Path | None:
+        found = self.all()
+        return found[-1][1] if found else None
+
+    def save(self, step: int, state: dict, config=None) -> Path:
+        """Write checkpoint `step` (and its config as YAML beside it), then delete the oldest beyond keep_last."""
+        path = self.path_for(step)
+        if config is not None:
+            from nextscale.training.config import save_config
+            save_config(config, path.with_suffix(".yaml"))
+        atomic_torch_save(state, path)
+        for _, old in self.all()[:-self.keep_last]:
+            old.unlink(missing_ok=True)
+            old.with_suffix(".yaml").unlink(missing_ok=True)
+        return path

@@ -1,0 +1,189 @@
+"""Training configs: YAML files loaded into (nested) dataclasses, with `key=value` overrides.
+
+Usage:
+
+    @dataclass
+    class OptimConfig:
+        lr: float = 1e-4
+        betas: tuple[float, ...] = (0.9, 0.95)
+
+    @dataclass
+    class TrainConfig:
+        out_dir: str = "runs/x"
+        steps: int = 1000
+        optim: OptimConfig = field(default_factory=OptimConfig)
+
+    cfg = load_config(TrainConfig, "configs/x.yaml", ["steps=10", "optim.lr=3e-4", "optim.betas=[0.9,0.99]"])
+    save_config(cfg, "runs/x/config.yaml")      # the resolved config, reloadable with load_config
+    config_to_dict(cfg)                          # plain dict (tuples become lists), e.g. for a checkpoint
+
+Override values are parsed as YAML (`steps=10` is an int, `name=null` is None, `a=[1,2]` a list;
+`patch_nums=1,2,3` is also accepted for tuple/list fields). Unknown keys and values of the wrong
+type are a `ConfigError` (a ValueError) naming the key and listing the known ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override is malformed, names an unknown key, or has a value of the wrong type."""
+
+
+def config_to_dict(cfg) -> dict:
+    """Dataclass (nested) -> plain dict of YAML-safe values; tuples become lists."""
+    def plain(v):
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+    return plain(cfg)
+
+
+def save_config(cfg, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML (atomically: temp file, then rename)."""
+    from nextscale.training.checkpointing import atomic_write_bytes
+    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
+    atomic_write_bytes(path, text.encode())
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict:
+    """["a.b=1", "c=x"] -> {"a": {"b": 1}, "c": "x"} (values parsed as YAML)."""
+    tree: dict = {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. steps=100 or optim.lr=1e-4)")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text  # e.g. an unbalanced bracket: keep the raw string, type checking decides
+        node = tree
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part!r} was already given a value")
+        node[parts[-1]] = value
+    return tree
+
+
+def merge(base: dict, update: dict) -> dict:
+    """Recursive dict merge; `update` wins."""
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(cls, path: str | os.PathLike | None = None, overrides: Sequence[str] = ()):
+    """Defaults of `cls` <- YAML file at `path` (optional) <- `overrides` ("key=value" strings)."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of keys to values, got {type(data).__name__}")
+    data = merge(data, parse_overrides(overrides))
+    return from_dict(cls, data)
+
+
+def from_dict(cls, data: dict, prefix: str = ""):
+    """Build dataclass `cls` from a (nested) dict, checking keys and coercing types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = f" in {prefix.rstrip('.')}" if prefix else ""
+        raise ConfigError(f"unknown config key(s){where}: {', '.join(prefix + k for k in unknown)}; "
+                          f"known keys: {', '.join(sorted(fields))}")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            # Nested section: start from the field's defaults, then apply the given keys.
+            default = fields[name].default_factory() if fields[name].default_factory is not dataclasses.MISSING \
+                else hint()
+            merged = merge(config_to_dict(default), value) if isinstance(value, dict) else value
+            kwargs[name] = from_dict(hint, merged, prefix + name + ".")
+        else:
+            kwargs[name] = coerce(value, hint, prefix + name)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"invalid config{' section ' + prefix.rstrip('.') if prefix else ''}: {e}") from None
+
+
+def coerce(value: Any, hint, key: str):
+    """Check/convert one value against a type hint (int, float, str, bool, tuple[X, ...], list[X], X | None)."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if origin in (tuple, list):
+        if isinstance(value, str):
+            value = [yaml.safe_load(v) for v in value.split(",") if v.strip()]
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        item_hint = args[0] if args else Any
+        items = [coerce(v, item_hint, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if hint is Any or hint is object:
+        return value
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    return value
