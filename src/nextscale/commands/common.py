@@ -83,17 +83,15 @@ def autocast_context(device: torch.device, dtype: str):
 def load_model(args) -> "torch.nn.Module":
     """The transformer (with its tokenizer attached) that the model options name."""
     import nextscale
+    from nextscale.pretrained import PRETRAINED
     patch_nums = getattr(args, "patch_nums", None)
     if args.transformer:
         vae = nextscale.load_vae(args.tokenizer, patch_nums=patch_nums) if args.tokenizer else None
         var = nextscale.load_var(args.transformer, vae=vae, patch_nums=patch_nums)
     else:
         name = args.model or "fashion-mnist"
-        if name == "fashion-mnist" and not Path(name).exists():
-            if not hasattr(nextscale, "load_pretrained"):
-                raise UserError("no model given and this build ships no default model: pass --model FOLDER or "
-                                "--transformer var_d16.pth --tokenizer vae_ch160v4096z32.pth")
-            var = nextscale.load_pretrained("fashion-mnist")
+        if name in PRETRAINED and not Path(name).exists():
+            var = nextscale.load_pretrained(name)
         else:
             var = nextscale.load_var(name, patch_nums=patch_nums)
     if var.tokenizer is None:
