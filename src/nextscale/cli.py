@@ -13,6 +13,9 @@ from nextscale.commands.common import UserError, error_types
 COMMANDS = {
     "sample": "nextscale.commands.sample",
     "edit": "nextscale.commands.edit",
+    "tokenize": "nextscale.commands.tokenize",
+    "train": "nextscale.commands.train",
+    "export": "nextscale.commands.export",
 }
 
 

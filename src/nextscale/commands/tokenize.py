@@ -1,0 +1,69 @@
+"""`nextscale tokenize`: encode a dataset once into a token cache that training reads instead of images."""
+
+from __future__ import annotations
+
+import argparse
+
+from nextscale.commands.common import UserError, add_device_args, resolve_device
+
+EPILOG = """\
+examples:
+  nextscale tokenize configs/var_fashion_mnist.yaml --out cache/fashion_mnist
+  nextscale tokenize tokenizer=vae_ch160v4096z32.pth data.kind=image_folder data.path=/data/train \\
+                     data.resolution=256 --flip --out cache/imagenet
+
+The tokenizer and the data are read from a training config (keys `tokenizer` and `data.*`, set in the
+file or as key=value). Images are resized (shorter side) and center-cropped; with --flip the
+horizontally flipped images are stored too, and training with data.hflip=true picks one of the two
+at random per image and epoch. Training refuses a cache made by another tokenizer.
+"""
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "tokenize", help="encode a dataset into a token cache for fast training",
+        description="Encode every image of a dataset into its multi-scale token maps, once, into a memory-mapped "
+                    "cache folder (tokens.npy, labels.npy, header.json with the tokenizer's identity).",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", nargs="?", default=None, help="a training config naming the tokenizer and the data")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. tokenizer=PATH")
+    p.add_argument("--out", required=True, help="the cache folder to write")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="also store the horizontally flipped images (default: the config's data.hflip)")
+    p.add_argument("--split", default="train", choices=["train", "test"],
+                   help="which split to encode (test: data.eval_path for image folders; default train)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per encoder pass (default 64)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing cache folder")
+    add_device_args(p)
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    import torch
+
+    from nextscale.commands.train import split_config_and_overrides
+    from nextscale.data.datasets import build_dataset
+    from nextscale.training.token_cache import build_token_cache
+    from nextscale.training.var_trainer import config_from, load_tokenizer
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    config, overrides = split_config_and_overrides(args)
+    cfg = config_from(config, overrides) if config else config_from({}, overrides)
+    device = resolve_device(args.device)
+    vae = load_tokenizer(cfg.tokenizer, cfg.model.patch_nums)
+    if cfg.data.resolution != vae.resolution or cfg.data.channels != vae.config.image_channels:
+        raise UserError(f"the data gives {cfg.data.channels}-channel {cfg.data.resolution}px images but the tokenizer "
+                        f"takes {vae.config.image_channels}-channel {vae.resolution}px ones: set "
+                        f"data.resolution={vae.resolution} data.channels={vae.config.image_channels}")
+    dataset = build_dataset(cfg.data, train=False, split=args.split)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=False,
+                                         num_workers=cfg.data.num_workers)
+    flip = cfg.data.hflip if args.flip is None else args.flip
+    source = f"{cfg.data.kind}:{cfg.data.path or 'default'}:{args.split}"
+    with torch.inference_mode():
+        out = build_token_cache(vae, loader, len(dataset), args.out, flip=flip, source=source,
+                                overwrite=args.overwrite, device=device, classes=list(dataset.classes))
+    skipped = getattr(dataset, "num_skipped", 0)
+    print(f"wrote {out}: {len(dataset)} images{' (+ flipped)' if flip else ''}"
+          f"{f', {skipped} unreadable image(s) skipped' if skipped else ''}")
+    return 0
