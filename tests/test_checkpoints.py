@@ -148,3 +148,10 @@ def test_pickle_that_runs_code_is_refused_not_executed(tmp_path):
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         nextscale.load_vae(tmp_path / "nope.pth")
+
+
+def test_preset_name_without_internet_says_how_to_proceed(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(CheckpointError, match="Hugging Face Hub.*local path"):
+        nextscale.load_var("var-d16")
