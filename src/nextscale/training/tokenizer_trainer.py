@@ -1,0 +1,496 @@
+"""Train the multi-scale VQ-VAE tokenizer.
+
+    L = ||im - im_hat||^2 + (codebook + beta * commitment, mean over scales)
+        + perceptual_weight * LPIPS(im_hat, im) + gan_weight * adaptive_weight * hinge_G(D(im_hat))
+
+The discriminator (PatchGAN, hinge loss) has its own optimizer and starts at `loss.gan_start_step`.
+Codebook health: usage per scale from the model's `ema_vocab_hit_SV` buffer is logged, and codes
+that no scale used during the last `codebook.restart_every` steps are re-initialized from recent
+quantizer inputs (the per-scale residuals of the encoder output).
+
+Run:  nextscale train-tokenizer --config configs/tokenizer_fashion_mnist.yaml out_dir=runs/tok steps=2000
+      torchrun --nproc_per_node 2 -m nextscale.cli train-tokenizer --config ...      (DDP)
+Python: `train_tokenizer(load_config(TokenizerTrainConfig, path, overrides))`.
+
+Outputs in `out_dir`: config.yaml, metrics.jsonl, checkpoints/step_N.pt (+ .yaml; resumable),
+export/ (the inference format: `VQVAE.from_pretrained(out_dir/export)`), curves.png.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from nextscale.data.datasets import DataConfig, build_dataset
+from nextscale.tokenizer.vqvae import VQVAE, VQVAEConfig
+from nextscale.training import distributed as dist_utils
+from nextscale.training.checkpointing import CheckpointManager, capture_rng_state, load_checkpoint, restore_rng_state
+from nextscale.training.config import save_config
+from nextscale.training.discriminator import PatchDiscriminator
+from nextscale.training.losses import (adaptive_gan_weight, hinge_discriminator_loss, hinge_generator_loss, psnr,
+                                       reconstruction_loss)
+from nextscale.training.metrics import MetricsLogger, plot_curves, progress_bar
+
+
+# ---------------------------------------------------------------------------- config
+@dataclass
+class LossConfig:
+    reconstruction: str = "l2"  # "l2" or "l1"
+    reconstruction_weight: float = 1.0
+    codebook_weight: float = 1.0  # weight of (codebook + beta * commitment); beta is model.beta
+    perceptual_weight: float = 0.0  # 0 switches the perceptual loss off
+    vgg_weights: str = "auto"  # VGG16 file (.h5 Keras/HED or torchvision .pth), "auto", or "random" (tests)
+    lpips_heads: str = "auto"  # lpips vgg.pth (or the lpips wheel), "auto", or "none" (equal channel weights)
+    gan_weight: float = 0.0  # 0 switches the GAN off
+    gan_start_step: int = 0  # the GAN term (and discriminator training) starts at this step
+    adaptive_gan_weight: bool = True  # VQGAN's gradient-norm balance at the decoder's last layer
+    max_adaptive_weight: float = 1e4
+    disc_channels: int = 64
+    disc_layers: int = 3
+
+
+@dataclass
+class CodebookConfig:
+    restart_dead_codes: bool = True
+    restart_every: int = 200  # steps: a code no scale used during this window is re-initialized
+    restart_until: int = 0  # no restarts from this step on (0: until the end)
+    usage_threshold: float = 0.01  # a code counts as "used" at a scale when its EMA hit count exceeds this
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-4
+    betas: tuple[float, ...] = (0.9, 0.95)
+    weight_decay: float = 0.0
+    warmup_steps: int = 200
+    min_lr_ratio: float = 0.1  # cosine decay to lr * min_lr_ratio at the last step
+    grad_clip: float = 0.0  # 0: no clipping
+    disc_lr: float = 0.0  # 0: same as lr
+    disc_betas: tuple[float, ...] = (0.5, 0.9)
+
+
+@dataclass
+class TokenizerTrainConfig:
+    out_dir: str = "runs/tokenizer"
+    seed: int = 0
+    steps: int = 10000
+    batch_size: int = 64  # global: split evenly over the torchrun processes
+    model: VQVAEConfig = field(default_factory=VQVAEConfig)
+    init_from: str | None = None  # a tokenizer to start from (folder, .pth, preset name)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    codebook: CodebookConfig = field(default_factory=CodebookConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    device: str | None = None  # "cpu", "cuda" or None (automatic)
+    precision: str = "fp32"  # "fp32", "bf16" or "fp16" (autocast; bf16/fp16 on GPU)
+    threads: int = 0  # torch CPU threads per process (0: torch's default)
+    log_every: int = 25
+    eval_every: int = 500  # PSNR on `eval_images` held-out images (0: never)
+    eval_images: int = 512
+    checkpoint_every: int = 1000  # also writes export/ (the inference format)
+    keep_checkpoints: int = 2
+    time_limit_minutes: float = 0.0  # stop (with a checkpoint and export) after this long; 0: no limit
+    resume: bool = True  # continue from the latest checkpoint in out_dir/checkpoints when there is one
+
+
+# ---------------------------------------------------------------------------- pieces
+class TokenizerWithLatent(nn.Module):
+    """The VQ-VAE's training pass, also returning the encoder latent (for dead-code restarts)."""
+
+    def __init__(self, vae: VQVAE):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, img_BChw: torch.Tensor):
+        f = self.vae.encode_latent(img_BChw)
+        f_hat, vq_loss, tokens = self.vae.quantize(f)
+        reconstruction = self.vae.decoder(self.vae.post_quant_conv(f_hat))
+        return reconstruction, vq_loss, tokens, f.detach()
+
+
+def lr_at(step: int, cfg: OptimConfig, total_steps: int) -> float:
+    """Linear warmup, then cosine decay to lr * min_lr_ratio."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+@torch.no_grad()
+def quantizer_inputs(vae: VQVAE, f_BChw: torch.Tensor) -> torch.Tensor:
+    """(N, C): the vectors the codebook is matched against at every scale (the residual, area-downsampled)."""
+    q = vae.quantize
+    _, f_hats = q.tokenize(f_BChw)
+    rows = []
+    for si, pn in enumerate(q.patch_nums):
+        rest = f_BChw - (f_hats[si - 1] if si > 0 else 0)
+        z = rest if si == q.num_scales - 1 else F.interpolate(rest, size=(pn, pn), mode="area")
+        rows.append(z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]))
+    return torch.cat(rows)
+
+
+@torch.no_grad()
+def restart_dead_codes(vae: VQVAE, hits_V: torch.Tensor, candidates_NC: torch.Tensor,
+                       generator: torch.Generator) -> torch.Tensor:
+    """Re-initialize every code with zero hits to a randomly chosen candidate vector; returns their indices.
+
+    Call on every rank with the same arguments (the trainer broadcasts rank 0's candidates)."""
+    dead = torch.nonzero(hits_V == 0).flatten()
+    if len(dead) == 0 or len(candidates_NC) == 0:
+        return dead[:0]
+    n = len(candidates_NC)
+    if n >= len(dead):
+        pick = torch.randperm(n, generator=generator)[:len(dead)]
+        new = candidates_NC[pick]
+    else:  # fewer candidates than dead codes: reuse them with a little noise so the codes differ
+        pick = torch.randint(0, n, (len(dead),), generator=generator)
+        new = candidates_NC[pick]
+        new = new + 0.01 * new.std() * torch.randn(new.shape, generator=generator)
+    weight = vae.quantize.embedding.weight
+    weight[dead.to(weight.device)] = new.to(weight)
+    return dead
+
+
+def reset_optimizer_rows(optimizer: torch.optim.Optimizer, param: torch.Tensor, rows: torch.Tensor) -> None:
+    """Zero Adam's moments for some rows of a parameter (restarted codes start with fresh statistics)."""
+    state = optimizer.state.get(param)
+    if not state:
+        return
+    for key in ("exp_avg", "exp_avg_sq"):
+        if key in state:
+            state[key][rows.to(state[key].device)] = 0
+
+
+def usage_per_scale(vae: VQVAE, threshold: float) -> list[float]:
+    """Fraction of the vocabulary whose EMA hit count exceeds `threshold`, per scale."""
+    return (vae.quantize.ema_vocab_hit_SV > threshold).float().mean(1).tolist()
+
+
+@torch.no_grad()
+def evaluate_psnr(vae: VQVAE, images_BChw: torch.Tensor, batch_size: int = 128) -> float:
+    """Mean per-image PSNR (dB, images in [0, 1]) of reconstructions with all scales."""
+    was_training = vae.training
+    vae.eval()
+    values = []
+    for i in range(0, len(images_BChw), batch_size):
+        img = images_BChw[i:i + batch_size]
+        rec = vae.decode_fhat(vae.encode_fhats(img)[-1])
+        values.append(psnr((rec + 1) / 2, (img + 1) / 2))
+    vae.train(was_training)
+    return torch.cat(values).mean().item()
+
+
+class _StopRequested:
+    """SIGTERM / SIGINT set a flag; the loop checkpoints and exits at the end of the step."""
+
+    def __init__(self):
+        self.flag = False
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.flag = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class _ResumableSampler(torch.utils.data.Sampler):
+    """This rank's indices of a seeded DistributedSampler epoch, optionally starting part-way in (resume)."""
+
+    def __init__(self, sampler: torch.utils.data.DistributedSampler):
+        self.sampler = sampler
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.sampler.set_epoch(epoch)
+        self.start = start
+
+    def __iter__(self):
+        return iter(list(self.sampler)[self.start:])
+
+    def __len__(self) -> int:
+        return len(self.sampler) - self.start
+
+
+def _infinite_batches(loader: DataLoader, sampler: _ResumableSampler, batch_size: int, epoch: int,
+                      skip_batches: int):
+    """Yield (epoch, batch index within epoch, batch) forever, starting part-way into `epoch`. Skipped
+    batches are never loaded, so their random crops do not consume the random state."""
+    while True:
+        sampler.set_epoch(epoch, skip_batches * batch_size)
+        for i, batch in enumerate(loader, start=skip_batches):
+            yield epoch, i, batch
+        skip_batches = 0
+        epoch += 1
+
+
+# ---------------------------------------------------------------------------- training
+def train_tokenizer(cfg: TokenizerTrainConfig) -> dict:
+    """Train (or resume) as configured; returns a summary dict (final step, PSNR, usage, minutes)."""
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    info = dist_utils.init_distributed(cfg.device)
+    device, main = info.device, info.is_main
+    if cfg.batch_size % info.world_size:
+        raise ValueError(f"batch_size {cfg.batch_size} does not split evenly over {info.world_size} processes")
+    if cfg.precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"precision must be fp32, bf16 or fp16, got {cfg.precision!r}")
+    if cfg.precision == "fp16" and device.type != "cuda":
+        raise ValueError("precision fp16 needs a GPU; use fp32 (or bf16) on CPU")
+    if cfg.data.resolution != cfg.model.resolution:
+        raise ValueError(f"data.resolution {cfg.data.resolution} does not match the tokenizer's resolution "
+                         f"{cfg.model.resolution} (= last patch_num {cfg.model.patch_nums[-1]} x downsample "
+                         f"{cfg.model.downsample})")
+    if cfg.data.channels != cfg.model.image_channels:
+        raise ValueError(f"data.channels {cfg.data.channels} != model.image_channels {cfg.model.image_channels}")
+    out_dir = Path(cfg.out_dir)
+    per_rank_batch = cfg.batch_size // info.world_size
+    torch.manual_seed(cfg.seed)  # same initial weights on every rank
+
+    # Data: a seeded distributed sampler; num_workers 0 keeps the random crops on this process's RNG.
+    train_set = build_dataset(cfg.data, train=True)
+    if len(train_set) < cfg.batch_size:
+        raise ValueError(f"the training set has {len(train_set)} images, fewer than one batch ({cfg.batch_size})")
+    sampler = _ResumableSampler(dist_utils.make_sampler(train_set, shuffle=True, seed=cfg.seed, drop_last=True))
+    # The loader's own generator draws the worker seeds, so creating an iterator leaves the global RNG alone.
+    loader = DataLoader(train_set, batch_size=per_rank_batch, sampler=sampler, drop_last=True,
+                        num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda",
+                        generator=torch.Generator().manual_seed(cfg.seed + 2 + info.rank))
+    batches_per_epoch = len(sampler.sampler) // per_rank_batch
+    eval_images = None
+    if main and cfg.eval_every > 0 and cfg.eval_images > 0:
+        try:
+            eval_set = build_dataset(cfg.data, train=False)
+            n = min(cfg.eval_images, len(eval_set))
+            eval_images = torch.stack([eval_set[i][0] for i in range(n)]).to(device)
+        except ValueError:
+            eval_images = None  # e.g. an image folder without data.eval_path
+
+    # Models and optimizers.
+    vae = VQVAE(cfg.model)
+    if cfg.init_from:
+        from nextscale.checkpoints import load_vae
+        vae.load_state_dict(load_vae(cfg.init_from, patch_nums=cfg.model.patch_nums).state_dict())
+    vae = vae.to(device).train()
+    model = dist_utils.wrap_ddp(TokenizerWithLatent(vae), info)
+    opt_g = torch.optim.AdamW(vae.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                              weight_decay=cfg.optim.weight_decay)
+    use_gan = cfg.loss.gan_weight > 0
+    disc = disc_ddp = opt_d = None
+    if use_gan:
+        disc = PatchDiscriminator(cfg.model.image_channels, cfg.loss.disc_channels, cfg.loss.disc_layers).to(device)
+        disc_ddp = dist_utils.wrap_ddp(disc, info)
+        opt_d = torch.optim.AdamW(disc.parameters(), lr=cfg.optim.disc_lr or cfg.optim.lr,
+                                  betas=tuple(cfg.optim.disc_betas), weight_decay=0.0)
+    perceptual = None
+    if cfg.loss.perceptual_weight > 0:
+        from nextscale.training.perceptual import LPIPS
+        perceptual = LPIPS(cfg.loss.vgg_weights, cfg.loss.lpips_heads).to(device)
+        dist_utils.print_main(f"perceptual loss: VGG16 from {perceptual.vgg_source}, heads {perceptual.heads_source}"
+                              + ("" if perceptual.is_published_lpips else " (values differ from published LPIPS)"))
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+    restart_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    window_hits_V = torch.zeros(cfg.model.vocab_size, device=device)
+
+    # Resume.
+    ckpts = CheckpointManager(out_dir / "checkpoints", keep_last=cfg.keep_checkpoints)
+    step, epoch, batch_in_epoch, elapsed_before = 0, 0, 0, 0.0
+    latest = ckpts.latest() if cfg.resume else None
+    if latest is not None:
+        state = load_checkpoint(latest, map_location=device)
+        vae.load_state_dict(state["vae"])
+        vae.quantize.ema_initialized = True
+        opt_g.load_state_dict(state["opt_g"])
+        if use_gan:
+            if "disc" not in state:
+                raise ValueError(f"{latest} was trained without the GAN; resume it with loss.gan_weight=0 or "
+                                 f"start a new out_dir")
+            disc.load_state_dict(state["disc"])
+            opt_d.load_state_dict(state["opt_d"])
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
+        window_hits_V.copy_(state["window_hits_V"])
+        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        elapsed_before = state.get("elapsed_seconds", 0.0)
+        restore_rng_state(state["rng"][min(info.rank, len(state["rng"]) - 1)], {"restart": restart_gen})
+        dist_utils.print_main(f"resumed from {latest} at step {step}")
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out_dir / "config.yaml")
+    metrics = MetricsLogger(out_dir, enabled=main)
+
+    def save(step_now: int) -> None:
+        # Every rank's random state is gathered so that each resumes its own stream.
+        rng_states = [capture_rng_state({"restart": restart_gen})]
+        if dist_utils.is_distributed():
+            gathered = [None] * info.world_size
+            torch.distributed.all_gather_object(gathered, rng_states[0])
+            rng_states = gathered
+        if not main:
+            return
+        state = {"vae": vae.state_dict(), "opt_g": opt_g.state_dict(), "scaler": scaler.state_dict(),
+                 "window_hits_V": window_hits_V.cpu(), "step": step_now,
+                 "epoch": epoch_now, "batch_in_epoch": batch_now,
+                 "elapsed_seconds": elapsed_before + time.time() - start_time, "rng": rng_states}
+        if use_gan:
+            state["disc"], state["opt_d"] = disc.state_dict(), opt_d.state_dict()
+        ckpts.save(step_now, state, config=cfg)
+        vae.save_pretrained(out_dir / "export")
+
+    start_time = time.time()
+    batches = _infinite_batches(loader, sampler, per_rank_batch, epoch, batch_in_epoch)
+    bar = progress_bar(total=cfg.steps, initial=step, desc="train-tokenizer", enabled=main)
+    last_psnr = float("nan")
+    epoch_now, batch_now = epoch, batch_in_epoch
+    images_seen_since_log, log_clock = 0, time.time()
+    sums: dict[str, float] = {}
+    with _StopRequested() as stop:
+        while step < cfg.steps:
+            epoch_now, batch_idx, (img, _labels) = next(batches)
+            img = img.to(device, non_blocking=True)
+            lr = lr_at(step, cfg.optim, cfg.steps)
+            for group in opt_g.param_groups:
+                group["lr"] = lr
+            gan_on = use_gan and step >= cfg.loss.gan_start_step
+
+            # ---- tokenizer step
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                rec, vq_loss, tokens, f = model(img)
+                rec_loss = reconstruction_loss(rec.float(), img, cfg.loss.reconstruction)
+                nll = cfg.loss.reconstruction_weight * rec_loss
+                logs = {"rec_loss": rec_loss.item(), "vq_loss": vq_loss.item()}
+                if perceptual is not None:
+                    p_loss = perceptual(rec.float(), img).mean()
+                    nll = nll + cfg.loss.perceptual_weight * p_loss
+                    logs["perceptual_loss"] = p_loss.item()
+                loss = nll + cfg.loss.codebook_weight * vq_loss
+                if gan_on:
+                    # Score with the plain module and frozen parameters: no discriminator gradients here.
+                    disc.requires_grad_(False)
+                    g_loss = hinge_generator_loss(disc(rec.float()))
+                    disc.requires_grad_(True)
+                    if cfg.loss.adaptive_gan_weight:
+                        weight = adaptive_gan_weight(nll, g_loss, vae.decoder.conv_out.weight,
+                                                     cfg.loss.max_adaptive_weight)
+                    else:
+                        weight = torch.ones(())
+                    loss = loss + cfg.loss.gan_weight * weight * g_loss
+                    logs["g_loss"], logs["gan_adaptive_weight"] = g_loss.item(), weight.item()
+            opt_g.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.optim.grad_clip > 0:
+                scaler.unscale_(opt_g)
+                logs["grad_norm"] = nn.utils.clip_grad_norm_(vae.parameters(), cfg.optim.grad_clip).item()
+            scaler.step(opt_g)
+
+            # ---- discriminator step
+            if gan_on:
+                for group in opt_d.param_groups:
+                    group["lr"] = lr * (cfg.optim.disc_lr or cfg.optim.lr) / cfg.optim.lr
+                with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                    logits = disc_ddp(torch.cat([img, rec.detach().float()]))
+                    logits_real, logits_fake = logits.chunk(2)
+                    d_loss = hinge_discriminator_loss(logits_real.float(), logits_fake.float())
+                opt_d.zero_grad(set_to_none=True)
+                scaler.scale(d_loss).backward()
+                scaler.step(opt_d)
+                logs["d_loss"] = d_loss.item()
+                logs["logits_real"], logs["logits_fake"] = logits_real.mean().item(), logits_fake.mean().item()
+            scaler.update()
+            step += 1
+            batch_now = batch_idx + 1
+            if batch_now >= batches_per_epoch:
+                epoch_now, batch_now = epoch_now + 1, 0
+
+            # ---- codebook health
+            with torch.no_grad():
+                for t in tokens:
+                    window_hits_V += torch.bincount(t.flatten(), minlength=cfg.model.vocab_size).to(window_hits_V)
+            restart_open = cfg.codebook.restart_until <= 0 or step < cfg.codebook.restart_until
+            if cfg.codebook.restart_dead_codes and restart_open and step % cfg.codebook.restart_every == 0:
+                hits = dist_utils.all_reduce_sum(window_hits_V)
+                candidates = dist_utils.broadcast_object(quantizer_inputs(vae, f).cpu() if main else None)
+                dead = restart_dead_codes(vae, hits.cpu(), candidates, restart_gen)
+                reset_optimizer_rows(opt_g, vae.quantize.embedding.weight, dead)
+                logs["codes_restarted"] = len(dead)
+                window_hits_V.zero_()
+            elif cfg.codebook.restart_every > 0 and step % cfg.codebook.restart_every == 0:
+                window_hits_V.zero_()
+
+            # ---- logging
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0.0) + v
+            images_seen_since_log += cfg.batch_size
+            batch_psnr = 10 * math.log10(4.0 / max(logs["rec_loss"], 1e-10)) if cfg.loss.reconstruction == "l2" else None
+            if main:
+                postfix = {"rec": f"{logs['rec_loss']:.4f}", "vq": f"{logs['vq_loss']:.4f}"}
+                if batch_psnr is not None:
+                    postfix["psnr"] = f"{batch_psnr:.1f}"
+                bar.set_postfix(postfix, refresh=False)
+                bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                n_steps = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
+                record = {k: v / n_steps for k, v in sums.items() if k != "codes_restarted"}
+                if "codes_restarted" in sums:
+                    record["codes_restarted"] = sums["codes_restarted"]
+                now = time.time()
+                record["images_per_s"] = images_seen_since_log / max(now - log_clock, 1e-9)
+                record["lr"] = lr
+                if cfg.loss.reconstruction == "l2":
+                    record["train_psnr"] = 10 * math.log10(4.0 / max(record["rec_loss"], 1e-10))
+                usage = usage_per_scale(vae, cfg.codebook.usage_threshold)
+                record.update({f"usage_scale{si + 1}": u for si, u in enumerate(usage)})
+                if cfg.eval_every > 0 and step % cfg.eval_every == 0 and eval_images is not None:
+                    last_psnr = evaluate_psnr(vae, eval_images)
+                    record["eval_psnr"] = last_psnr
+                metrics.log(step, **record)
+                sums, images_seen_since_log, log_clock = {}, 0, now
+                if main:
+                    bar.set_postfix({**postfix, "img/s": f"{record['images_per_s']:.0f}",
+                                     "use": f"{usage[-1]:.2f}"}, refresh=True)
+            elapsed_min = (elapsed_before + time.time() - start_time) / 60
+            out_of_time = cfg.time_limit_minutes > 0 and elapsed_min >= cfg.time_limit_minutes
+            out_of_time, stop_now = dist_utils.broadcast_object((out_of_time, stop.flag))
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps or out_of_time or stop_now:
+                save(step)
+            if out_of_time or stop_now:
+                dist_utils.print_main(f"stopping at step {step}: "
+                                      + ("time limit reached" if out_of_time else "signal received"))
+                break
+    bar.close()
+    metrics.close()
+    summary = {"step": step, "minutes": (elapsed_before + time.time() - start_time) / 60,
+               "usage_per_scale": usage_per_scale(vae, cfg.codebook.usage_threshold)}
+    if main and eval_images is not None:
+        summary["eval_psnr"] = evaluate_psnr(vae, eval_images)
+    if main:
+        keys = ["rec_loss", "vq_loss", "train_psnr", "eval_psnr", f"usage_scale{len(cfg.model.patch_nums)}"]
+        keys += [k for k in ("perceptual_loss", "g_loss", "d_loss") if k in sums or _logged(out_dir, k)]
+        plot_curves(out_dir / "metrics.jsonl", out_dir / "curves.png", keys, log_y=["rec_loss", "vq_loss"])
+    dist_utils.barrier()
+    return summary
+
+
+def _logged(out_dir: Path, key: str) -> bool:
+    from nextscale.training.metrics import read_jsonl
+    path = out_dir / "metrics.jsonl"
+    return path.is_file() and any(key in r for r in read_jsonl(path)[-5:])
+
