@@ -16,6 +16,8 @@ COMMANDS = {
     "tokenize": "nextscale.commands.tokenize",
     "train": "nextscale.commands.train",
     "export": "nextscale.commands.export",
+    "train-tokenizer": "nextscale.commands.train_tokenizer",
+    "eval-tokenizer": "nextscale.commands.eval_tokenizer",
 }
 
 
