@@ -221,7 +221,10 @@ class TokenSource:
             loader = torch.utils.data.DataLoader(
                 SeededItems(dataset), batch_sampler=_MicroBatchKeys(order, start_step, rank, world_size, accum),
                 num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda",
-                persistent_workers=cfg.data.num_workers > 0)
+                persistent_workers=cfg.data.num_workers > 0,
+                # Its own generator: creating the iterator must not draw from the global random stream,
+                # or a resumed run's class dropout would diverge from the uninterrupted run's.
+                generator=torch.Generator().manual_seed(cfg.seed))
             self._loader_iter = iter(loader)
 
     def next_step(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -706,7 +709,8 @@ class _Trainer:
             path = self.save_checkpoint()
         metrics.close()
         summary = {"step": self.step, "start_step": start_step, "total_steps": self.total_steps,
-                   "checkpoint": str(path) if path else None, "stopped_by_signal": stopped_by, **last_record}
+                   "checkpoint": str(path) if path else None, "stopped_by_signal": stopped_by,
+                   "skipped_images": getattr(self.dataset, "num_skipped", 0), **last_record}
         if stopped_by:
             D.print_main(f"stopped by signal {stopped_by} at step {self.step}; checkpoint {path}; "
                          f"run the same command again to resume")
