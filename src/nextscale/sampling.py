@@ -8,13 +8,20 @@ in "more smooth" mode one `exponential_` draw of shape (B, l, V) for the Gumbel 
 
 from __future__ import annotations
 
+import contextlib
 import math
+import warnings
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Sequence, Union
 
 import torch
+import torch.nn as nn
 
 from nextscale.transformer.var import VAR
+
+# "float32" is exact (the reference results); the others trade exactness for speed (see `sample`).
+PRECISIONS = ("float32", "bfloat16", "float16", "int8")
 
 
 @dataclass
@@ -109,7 +116,10 @@ def generate_tokens(var: VAR, labels_B: torch.Tensor, generator: Generators, cfg
     labels_2B = torch.cat((labels_B, torch.full_like(labels_B, var.num_classes)))
     cond_2BD = var.class_emb(labels_2B)
     mods = var.block_modulations(cond_2BD)
-    cache = var.new_kv_cache(2 * B)
+    device_type = cond_2BD.device.type
+    # Under autocast keys/values come out in the low precision: store them so.
+    cache_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+    cache = var.new_kv_cache(2 * B, dtype=cache_dtype)
     x_2BlC = var.first_scale_input(cond_2BD)
     size = patch_nums[-1]
     f_hat = codebook.new_zeros(B, quantizer.channels, size, size)
@@ -159,6 +169,49 @@ def as_label_tensor(labels, num_classes: int, device) -> torch.Tensor | None:
     return t
 
 
+_int8_copies: "weakref.WeakKeyDictionary[VAR, tuple]" = weakref.WeakKeyDictionary()
+
+
+def quantize_int8(var: VAR) -> VAR:
+    """A copy of `var` whose transformer-block linear layers (qkv, projection, MLP) use dynamic int8
+    quantization (int8 weights per tensor, activations quantized on the fly; CPU only). The AdaLN,
+    embedding and output-head layers stay float32. Shares the attached tokenizer."""
+    from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
+    spec = {name: default_dynamic_qconfig for name, m in var.named_modules()
+            if name.startswith("blocks.") and isinstance(m, nn.Linear) and ".ada_lin" not in name}
+    tokenizer, var._tokenizer = var._tokenizer, []  # not deep-copied
+    try:
+        with warnings.catch_warnings():  # torch.ao.quantization is deprecated in favour of torchao
+            warnings.simplefilter("ignore")
+            quantized = quantize_dynamic(var, spec, dtype=torch.qint8)
+    finally:
+        var._tokenizer = tokenizer
+    quantized._tokenizer = tokenizer
+    return quantized.eval()
+
+
+def _int8_copy(var: VAR) -> VAR:
+    """`quantize_int8(var)`, cached until a parameter of `var` changes (in place or replaced)."""
+    key = tuple((p.data_ptr(), p._version) for p in var.parameters())
+    cached = _int8_copies.get(var)
+    if cached is None or cached[0] != key:
+        cached = (key, quantize_int8(var))
+        _int8_copies[var] = cached
+    return cached[1]
+
+
+def precision_context(precision: str, device: torch.device):
+    """Autocast for "bfloat16"/"float16"; nothing for "float32" and "int8"."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "int8" and device.type != "cpu":
+        raise ValueError("precision='int8' (dynamic int8 quantization) runs on CPU only; "
+                         "use 'bfloat16' or 'float16' on a GPU")
+    if precision in ("bfloat16", "float16"):
+        return torch.autocast(device.type, dtype=getattr(torch, precision))
+    return contextlib.nullcontext()
+
+
 def seeded_generators(seeds: Sequence[int], device: torch.device | str = "cpu") -> list[torch.Generator]:
     """One generator per image: image i then samples exactly as it would alone with seed seeds[i]."""
     return [make_generator(s, device) for s in seeds]
@@ -167,7 +220,7 @@ def seeded_generators(seeds: Sequence[int], device: torch.device | str = "cpu") 
 @torch.no_grad()
 def sample(var: VAR, labels=None, seed: int | None = None, cfg: float = 1.5, top_k: int = 0, top_p: float = 0.0,
            more_smooth: bool = False, batch_size: int | None = None, generator: Generators = None,
-           num_samples: int | None = None, progress: bool = False) -> SampleOutput:
+           num_samples: int | None = None, progress: bool = False, precision: str = "float32") -> SampleOutput:
     """Generate images.
 
     labels: list/tensor of class ids (the null class `var.num_classes` samples unconditionally), or
@@ -177,9 +230,16 @@ def sample(var: VAR, labels=None, seed: int | None = None, cfg: float = 1.5, top
     reference protocol); the result then depends on `batch_size`. `generator` may be passed instead:
     one generator, or a list with one generator per image (see `seeded_generators`), in which case each
     image is sampled exactly as it would be alone with its own generator, whatever the batching.
+
+    precision: "float32" (default) is exact. The others are faster and not exact (tokens may differ
+    from the float32 path; `make bench` measures by how much): "bfloat16"/"float16" run transformer
+    and decoder under autocast (a GPU, or a CPU with bf16 matrix units); "int8" (CPU only) runs the
+    transformer blocks' linear layers with dynamic int8 quantization (a quantized copy of `var` is
+    made on first use and cached while its weights are unchanged).
     """
     device = var.pos_1LC.device
     validate_sampling_args(var.num_classes, None, cfg, top_k, top_p)
+    low_precision = precision_context(precision, device)
     gen_device = "cpu" if device.type == "cpu" else device
     if generator is None:
         generator = make_generator(seed, gen_device)
@@ -205,12 +265,14 @@ def sample(var: VAR, labels=None, seed: int | None = None, cfg: float = 1.5, top
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=len(starts) * len(var.patch_nums), desc="sampling", unit="scale")
+    model = _int8_copy(var) if precision == "int8" else var
     images, token_lists = [], []
     for i in starts:
         gen_b = generator[i:i + batch_size] if per_image else generator
-        toks, f_hat = generate_tokens(var, labels_B[i:i + batch_size], gen_b, cfg, top_k, top_p, more_smooth,
-                                      on_scale=(lambda _: bar.update(1)) if bar else None)
-        images.append(vae.decode_fhat(f_hat).add(1).mul(0.5))
+        with low_precision:
+            toks, f_hat = generate_tokens(model, labels_B[i:i + batch_size], gen_b, cfg, top_k, top_p, more_smooth,
+                                          on_scale=(lambda _: bar.update(1)) if bar else None)
+            images.append(vae.decode_fhat(f_hat).float().add(1).mul(0.5))
         token_lists.append(toks)
     if bar:
         bar.close()

@@ -119,7 +119,11 @@ class SelfAttention(nn.Module):
                 kv_cache: KVCache | None = None, block_idx: int = 0) -> torch.Tensor:
         B, L, C = x_BLC.shape
         bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
-        qkv = F.linear(x_BLC, self.mat_qkv.weight, bias).view(B, L, 3, self.num_heads, self.head_dim)
+        if isinstance(self.mat_qkv, nn.Linear):
+            qkv = F.linear(x_BLC, self.mat_qkv.weight, bias)
+        else:  # a swapped-in projection (int8, see sampling.quantize_int8) applies its own weight
+            qkv = self.mat_qkv(x_BLC) + bias
+        qkv = qkv.view(B, L, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, c)
         if self.attn_l2_norm:
             scale_mul = self.scale_mul_1H11.clamp_max(self.max_scale_mul).exp()
