@@ -243,7 +243,8 @@ def _infinite_batches(loader: DataLoader, sampler: _ResumableSampler, batch_size
 
 # ---------------------------------------------------------------------------- training
 def train_tokenizer(cfg: TokenizerTrainConfig) -> dict:
-    """Train (or resume) as configured; returns a summary dict (final step, PSNR, usage, minutes)."""
+    """Train (or resume) as configured; returns a summary: step, minutes, usage_per_scale, eval_psnr (rank 0,
+    when held-out images exist), and the trained modules `vae` and `discriminator` (None without the GAN)."""
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     info = dist_utils.init_distributed(cfg.device)
@@ -260,6 +261,10 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> dict:
                          f"{cfg.model.downsample})")
     if cfg.data.channels != cfg.model.image_channels:
         raise ValueError(f"data.channels {cfg.data.channels} != model.image_channels {cfg.model.image_channels}")
+    if cfg.loss.gan_weight > 0 and cfg.model.resolution // 2 ** cfg.loss.disc_layers < 3:
+        most = max(0, int(math.log2(cfg.model.resolution / 3)))
+        raise ValueError(f"loss.disc_layers={cfg.loss.disc_layers} halves {cfg.model.resolution} px images too often "
+                         f"for the discriminator's 4x4 convs: use at most {most}")
     out_dir = Path(cfg.out_dir)
     per_rank_batch = cfg.batch_size // info.world_size
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
@@ -289,7 +294,14 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> dict:
         from nextscale.checkpoints import load_vae
         vae.load_state_dict(load_vae(cfg.init_from, patch_nums=cfg.model.patch_nums).state_dict())
     vae = vae.to(device).train()
-    model = dist_utils.wrap_ddp(TokenizerWithLatent(vae), info)
+    # With few scales some shared phi convs serve no scale; freeze them so DDP expects no gradient there.
+    q = vae.quantize
+    used_phis = {q.quant_resi.index_for(si, q.num_scales) for si in range(q.num_scales)}
+    for i, phi in enumerate(q.quant_resi.qresi_ls):
+        phi.requires_grad_(i in used_phis)
+    # Each rank updates the usage buffer from its own batch; the trainer averages it after every step
+    # (the EMA of the mean hit counts), so DDP need not broadcast buffers.
+    model = dist_utils.wrap_ddp(TokenizerWithLatent(vae), info, broadcast_buffers=False)
     opt_g = torch.optim.AdamW(vae.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                               weight_decay=cfg.optim.weight_decay)
     use_gan = cfg.loss.gan_weight > 0
@@ -421,6 +433,8 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> dict:
                 epoch_now, batch_now = epoch_now + 1, 0
 
             # ---- codebook health
+            if dist_utils.is_distributed():
+                vae.quantize.ema_vocab_hit_SV.copy_(dist_utils.all_reduce_mean(vae.quantize.ema_vocab_hit_SV))
             with torch.no_grad():
                 for t in tokens:
                     window_hits_V += torch.bincount(t.flatten(), minlength=cfg.model.vocab_size).to(window_hits_V)
@@ -478,7 +492,8 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> dict:
     bar.close()
     metrics.close()
     summary = {"step": step, "minutes": (elapsed_before + time.time() - start_time) / 60,
-               "usage_per_scale": usage_per_scale(vae, cfg.codebook.usage_threshold)}
+               "usage_per_scale": usage_per_scale(vae, cfg.codebook.usage_threshold),
+               "vae": vae, "discriminator": disc}
     if main and eval_images is not None:
         summary["eval_psnr"] = evaluate_psnr(vae, eval_images)
     if main:
