@@ -314,7 +314,7 @@ def test_eval_tokenizer_command(tmp_path, capsys):
     assert all(0 < u <= 1 for u in metrics["usage_per_scale"]) and metrics["codes_used_per_scale"][0] >= 1
     assert 0 < metrics["ssim"] <= 1
     with Image.open(tmp_path / "eval" / "reconstructions.png") as im:
-        assert im.size == (5 * 10 + 2, 4 * 10 + 2)  # 5 columns; rows: originals + 3 scale counts
+        assert im.size == (4 * (5 * 10 + 2), 4 * (4 * 10 + 2))  # 5 columns; rows: originals + 3 scale counts; 4x
     assert "PSNR" in capsys.readouterr().out
 
 

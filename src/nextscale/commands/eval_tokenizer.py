@@ -26,7 +26,7 @@ def add_parser(subparsers) -> None:
         "eval-tokenizer", help="measure a tokenizer's reconstructions and codebook usage",
         description="Evaluate a tokenizer on held-out images: PSNR as a function of the number of scales, SSIM, "
                     "LPIPS (when VGG16 weights are available), codebook usage per scale; writes metrics.json and "
-                    "reconstructions.png (top row: originals; row k+1: decoded from k scales).",
+                    "reconstructions.png (top row: originals; row k+1: decoded from k scales; images under 128 px enlarged).",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokenizer", required=True,
                    help="a tokenizer: a folder (config.json + model.safetensors), a training out_dir (its export/ is "
@@ -100,8 +100,9 @@ def run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     grid = result.pop("grid")
-    save_png(make_grid(grid, ncols=min(args.grid_images, len(grid) // (len(vae.patch_nums) + 1))),
-             out / "reconstructions.png")
+    grid_png = make_grid(grid, ncols=min(args.grid_images, len(grid) // (len(vae.patch_nums) + 1)))
+    zoom = max(1, min(4, 128 // vae.resolution))  # small images (Fashion-MNIST) are shown 4x, pixels kept sharp
+    save_png(grid_png.repeat(zoom, 0).repeat(zoom, 1), out / "reconstructions.png")
     result["tokenizer"] = args.tokenizer
     result["data"] = args.data if args.data != "fashion-mnist" else f"fashion-mnist/{args.split}"
     if perceptual is not None:
