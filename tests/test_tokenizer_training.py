@@ -325,3 +325,9 @@ def test_eval_tokenizer_errors(tmp_path, capsys):
     assert "Fashion-MNIST images are 32x32" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert main(["eval-tokenizer", "--tokenizer", str(tmp_path / "tok"), "--data", str(tmp_path / "empty")]) == 2
+
+
+def test_bf16_autocast_trains(tmp_path):
+    summary = train_tokenizer(tiny_config(tmp_path, "precision=bf16", "steps=3", "eval_every=3"))
+    assert summary["step"] == 3 and math.isfinite(summary["eval_psnr"])
+    assert all(p.dtype == torch.float32 for p in summary["vae"].parameters())  # autocast: float32 weights

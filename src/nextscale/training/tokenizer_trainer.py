@@ -110,8 +110,9 @@ class TokenizerWithLatent(nn.Module):
         self.vae = vae
 
     def forward(self, img_BChw: torch.Tensor):
-        f = self.vae.encode_latent(img_BChw)
-        f_hat, vq_loss, tokens = self.vae.quantize(f)
+        f = self.vae.encode_latent(img_BChw).float()
+        with torch.autocast(f.device.type, enabled=False):  # nearest-code search and losses in float32
+            f_hat, vq_loss, tokens = self.vae.quantize(f)
         reconstruction = self.vae.decoder(self.vae.post_quant_conv(f_hat))
         return reconstruction, vq_loss, tokens, f.detach()
 
@@ -292,7 +293,11 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> dict:
     vae = VQVAE(cfg.model)
     if cfg.init_from:
         from nextscale.checkpoints import load_vae
-        vae.load_state_dict(load_vae(cfg.init_from, patch_nums=cfg.model.patch_nums).state_dict())
+        start = load_vae(cfg.init_from, patch_nums=cfg.model.patch_nums)
+        if start.config.to_dict() != vae.config.to_dict():
+            raise ValueError(f"init_from {cfg.init_from} has another architecture than `model`: "
+                             f"{start.config.to_dict()} vs {vae.config.to_dict()}")
+        vae.load_state_dict(start.state_dict())
     vae = vae.to(device).train()
     # With few scales some shared phi convs serve no scale; freeze them so DDP expects no gradient there.
     q = vae.quantize
