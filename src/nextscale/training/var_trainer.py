@@ -72,6 +72,7 @@ class OptimConfig:
     base_lr: float = 1e-4  # peak lr = base_lr * global_batch / 256
     lr: float | None = None  # an absolute peak lr instead of the scaled one
     weight_decay: float = 0.05
+    final_weight_decay: float | None = None  # weight decay at the last step, linearly from weight_decay (None: constant)
     betas: tuple[float, ...] = (0.9, 0.95)
     eps: float = 1e-8
     grad_clip: float = 2.0  # max global gradient norm; 0 disables clipping
@@ -110,6 +111,7 @@ class TrainConfig:
     steps: int | None = None  # overrides epochs
     seed: int = 0
     device: str | None = None  # None: cuda when available
+    threads: int = 0  # torch CPU threads per process (0: torch's default)
     precision: str = "float32"  # float32, bfloat16 or float16 (autocast; float16 with a gradient scaler)
     compile: bool = False  # torch.compile the model
     parallel: str = "ddp"  # ddp, or fsdp (parameters, gradients and optimizer state sharded over ranks)
@@ -457,6 +459,8 @@ class _Trainer:
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
         cfg = self.cfg
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
         self.vae = load_tokenizer(cfg.tokenizer, cfg.model.patch_nums).to(self.device)
         self.cache, self.dataset = None, None
         if cfg.token_cache:
@@ -605,6 +609,7 @@ class _Trainer:
             grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
         if hasattr(grad_norm, "full_tensor"):  # FSDP: a sharded (DTensor) norm
             grad_norm = grad_norm.full_tensor()
+        self._set_weight_decay()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -612,6 +617,15 @@ class _Trainer:
         self.scheduler.step()
         self.step += 1
         return float(grad_norm)
+
+    def _set_weight_decay(self) -> None:
+        """Linear weight-decay schedule of the decayed group (the published d24+ recipes end at 0.08)."""
+        final = self.cfg.optim.final_weight_decay
+        if final is None:
+            return
+        start = self.cfg.optim.weight_decay
+        wd = start + (final - start) * min(self.step / max(self.total_steps - 1, 1), 1.0)
+        self.optimizer.param_groups[0]["weight_decay"] = wd  # group 0 is the decayed one (optim.param_groups)
 
     def _no_sync(self, skip_sync: bool):
         model = self.train_model
