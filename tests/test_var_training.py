@@ -205,22 +205,33 @@ def write_yaml(path, cfg):
     return path
 
 
+@pytest.fixture(scope="module")
+def one_process_run(workdir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("one_process")
+    cfg = write_yaml(out / "one.yaml", base_config(workdir, out / "run", model={"class_drop_prob": 0.0}, steps=3,
+                                                   optim={"lr": 1e-3}))
+    r = run_cli(["-m", "nextscale.cli", "train", str(cfg)])
+    assert r.returncode == 0, r.stderr
+    return out / "run"
+
+
 @pytest.mark.slow
-def test_two_process_ddp_matches_one_process(workdir, tmp_path):
-    common = dict(model={"class_drop_prob": 0.0}, steps=3, optim={"lr": 1e-3})
-    one = write_yaml(tmp_path / "one.yaml", base_config(workdir, tmp_path / "one", **common))
-    two = write_yaml(tmp_path / "two.yaml", base_config(workdir, tmp_path / "two", **common))
-    r1 = run_cli(["-m", "nextscale.cli", "train", str(one)])
-    assert r1.returncode == 0, r1.stderr
-    r2 = run_cli(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                  "-m", "nextscale.cli", "train", str(two)])
-    assert r2.returncode == 0, r2.stderr
-    a = load_checkpoint(tmp_path / "one" / "checkpoints" / "step_00000003.pt")
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_processes_match_one_process(workdir, tmp_path, one_process_run, parallel):
+    """torchrun --nproc_per_node 2 (gloo) with the same global batch ends with the same parameters."""
+    two = write_yaml(tmp_path / "two.yaml", base_config(workdir, tmp_path / "two", model={"class_drop_prob": 0.0},
+                                                        steps=3, optim={"lr": 1e-3}, parallel=parallel))
+    r = run_cli(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                 "-m", "nextscale.cli", "train", str(two)])
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("trained 3 steps") == 1  # only rank 0 reports
+    a = load_checkpoint(one_process_run / "checkpoints" / "step_00000003.pt")
     b = load_checkpoint(tmp_path / "two" / "checkpoints" / "step_00000003.pt")
     assert b["world_size"] == 2 and len(b["rng"]) == 2
+    assert a["model"].keys() == b["model"].keys()
     diff = max((a["model"][k] - b["model"][k]).abs().max().item() for k in a["model"])
     assert diff < 1e-5
-    la, lb = losses(tmp_path / "one"), losses(tmp_path / "two")
+    la, lb = losses(one_process_run), losses(tmp_path / "two")
     assert la.keys() == lb.keys() == {1, 2, 3}
     assert all(abs(la[s] - lb[s]) < 1e-5 for s in la)
     assert la[3] < la[1] - 1e-3  # the parameters did move

@@ -56,8 +56,7 @@ def run(args) -> int:
     summary = train(cfg)
     if summary.get("stopped_by_signal"):
         return 128 + summary["stopped_by_signal"]
-    from nextscale.training.distributed import is_main_process
-    if is_main_process():
+    if summary["rank"] == 0:
         print(f"trained {summary['step']} steps: loss {summary.get('loss', float('nan')):.4f}, "
               f"token accuracy {summary.get('acc', float('nan')):.4f}", file=sys.stderr)
         for key in ("checkpoint", "model", "samples", "curves"):

@@ -518,8 +518,13 @@ class _Trainer:
             from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
             mp = MixedPrecisionPolicy(param_dtype=getattr(torch, cfg.precision)) if cfg.precision != "float32" \
                 else MixedPrecisionPolicy()
+            # Shard each block's attention and FFN; the AdaLN linears stay with the root group, because
+            # the model computes every block's modulation up front, outside the block's own forward.
+            # The blocks only use these outputs out of place, which is what FSDP's view warning asks for.
+            warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
             for block in model.blocks:
-                fully_shard(block, mp_policy=mp)
+                fully_shard(block.attn, mp_policy=mp)
+                fully_shard(block.ffn, mp_policy=mp)
             fully_shard(model, mp_policy=mp)
             wrapped = model
         else:
@@ -724,7 +729,8 @@ class _Trainer:
         metrics.close()
         summary = {"step": self.step, "start_step": start_step, "total_steps": self.total_steps,
                    "checkpoint": str(path) if path else None, "stopped_by_signal": stopped_by,
-                   "skipped_images": getattr(self.dataset, "num_skipped", 0), **last_record}
+                   "skipped_images": getattr(self.dataset, "num_skipped", 0), "rank": self.info.rank,
+                   **last_record}
         if stopped_by:
             D.print_main(f"stopped by signal {stopped_by} at step {self.step}; checkpoint {path}; "
                          f"run the same command again to resume")
