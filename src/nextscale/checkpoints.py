@@ -166,13 +166,13 @@ def save_pretrained(model: VQVAE | VAR, folder: str | os.PathLike) -> Path:
     """Write `config.json` + `model.safetensors` (and the attached tokenizer of a VAR in `tokenizer/`)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    kind = "vqvae" if isinstance(model, VQVAE) else "var"
+    kind = "vqvae" if isinstance(model, VQVAE) else getattr(model, "model_type", "var")  # raster_ar: the baseline
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(sd, str(folder / WEIGHTS_NAME), metadata={"format": "pt", "model_type": kind})
     (folder / CONFIG_NAME).write_text(json.dumps({"model_type": kind, "config": model.config.to_dict(),
                                                   **getattr(model, "extra_config", {})}, indent=2) + "\n")
     tokenizer = getattr(model, "tokenizer", None)
-    if kind == "var" and tokenizer is not None:
+    if kind != "vqvae" and tokenizer is not None:
         save_pretrained(tokenizer, folder / TOKENIZER_SUBDIR)
     return folder
 
