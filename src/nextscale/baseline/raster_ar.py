@@ -101,6 +101,31 @@ class RasterAR(nn.Module):
                              f"(vocabulary {self.config.vocab_size}, {self.seq_len} tokens)")
         self._tokenizer = [vae]
 
+    def save_pretrained(self, folder) -> None:
+        """Write `config.json` (model_type raster_ar) + `model.safetensors` (+ the tokenizer in `tokenizer/`)."""
+        from nextscale.checkpoints import save_pretrained
+        save_pretrained(self, folder)
+
+    @classmethod
+    def from_pretrained(cls, folder, vae=None) -> "RasterAR":
+        """Load a folder written by `save_pretrained` / `nextscale export`; attaches its tokenizer."""
+        from pathlib import Path
+
+        from nextscale.checkpoints import TOKENIZER_SUBDIR, CheckpointError, _read_folder, load_vae
+        folder = Path(folder)
+        meta, sd = _read_folder(folder, cls.model_type)
+        model = cls(RasterARConfig.from_dict(meta["config"]))
+        try:
+            model.load_state_dict(sd, strict=True)
+        except RuntimeError as e:
+            raise CheckpointError(f"{folder} does not fit the raster-AR config it holds: {e}") from None
+        model.extra_config = {k: v for k, v in meta.items() if k not in ("model_type", "config")}
+        if vae is None and (folder / TOKENIZER_SUBDIR).is_dir():
+            vae = load_vae(folder / TOKENIZER_SUBDIR)
+        if vae is not None:
+            model.attach_tokenizer(vae)
+        return model.eval()
+
     def _cond_and_mods(self, label_B: torch.Tensor):
         cond_BD = self.class_emb(label_B)
         return cond_BD, [block.modulation(cond_BD, None) for block in self.blocks]
