@@ -167,6 +167,13 @@ def test_gradient_accumulation_matches_one_big_batch(workdir, tmp_path):
     assert losses(tmp_path / "big")[1] == pytest.approx(losses(tmp_path / "accum")[1], abs=1e-6)
 
 
+def test_weight_decay_schedule_and_no_decay_group(workdir, tmp_path):
+    summary = train(base_config(workdir, tmp_path / "run", steps=5,
+                                optim={"weight_decay": 0.05, "final_weight_decay": 0.09}))
+    groups = load_checkpoint(summary["checkpoint"])["optimizer"]["param_groups"]
+    assert groups[0]["weight_decay"] == pytest.approx(0.09) and groups[1]["weight_decay"] == 0.0
+
+
 def test_writes_samples_curves_and_a_loadable_model(workdir, tmp_path):
     cfg = base_config(workdir, tmp_path / "run", export_at_end=True, sample={"every": 2, "per_class": 2},
                       checkpoint_every=2, keep_checkpoints=1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from nextscale.commands.common import UserError, add_device_args, resolve_device
+from nextscale.commands.common import UserError, resolve_device
 
 EPILOG = """\
 examples:
@@ -34,7 +34,7 @@ def add_parser(subparsers) -> None:
                    help="which split to encode (test: data.eval_path for image folders; default train)")
     p.add_argument("--batch-size", type=int, default=64, help="images per encoder pass (default 64)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing cache folder")
-    add_device_args(p)
+    p.add_argument("--device", default=None, help="torch device for the encoder (default: cuda when available)")
     p.set_defaults(run=run)
 
 

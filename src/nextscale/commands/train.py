@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nextscale.commands.common import UserError
 
 EPILOG = """\
 examples:
@@ -22,12 +21,32 @@ SIGTERM / Ctrl-C write a checkpoint before exiting.
 """
 
 
+def config_keys_help() -> str:
+    """Every config key with its default, from the config dataclasses (documented in var_trainer.py)."""
+    import dataclasses
+    import textwrap
+
+    from nextscale.training.var_trainer import TrainConfig
+
+    def walk(cfg, prefix=""):
+        for f in dataclasses.fields(cfg):
+            value = getattr(cfg, f.name)
+            if dataclasses.is_dataclass(value):
+                yield from walk(value, prefix + f.name + ".")
+            else:
+                yield f"{prefix}{f.name}={value}"
+
+    body = textwrap.fill("  ".join(walk(TrainConfig())), width=100, initial_indent="  ", subsequent_indent="  ",
+                         break_on_hyphens=False)
+    return "config keys and their defaults (see src/nextscale/training/var_trainer.py for what each means):\n" + body
+
+
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "train", help="train a VAR transformer (next-scale prediction)",
         description="Train a class-conditional VAR transformer on image folders or Fashion-MNIST, from a YAML recipe "
                     "(configs/) with key=value overrides. Runs as one process or under torchrun (DDP or FSDP).",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EPILOG + "\n" + config_keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", nargs="?", default=None,
                    help="a YAML recipe, e.g. configs/var_fashion_mnist.yaml (optional: defaults + overrides)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
