@@ -21,5 +21,9 @@ test: install
 demo: install
 	$(BIN)/python -m nextscale.demo --out demo
 
+# Speed on this machine (about 10 minutes on an idle 2-core CPU): table on stdout, numbers in JSON.
+bench: install
+	$(BIN)/python benchmarks/bench.py --out bench_results/bench.json
+
 clean:
 	rm -rf $(VENV) demo .pytest_cache
