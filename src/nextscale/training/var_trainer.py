@@ -377,6 +377,10 @@ def _gather_rng_states() -> list[dict]:
     return states
 
 
+class LossNotFinite(ValueError):
+    """Training diverged (reported as a one-line error by the command line)."""
+
+
 class StopRequested:
     """SIGTERM / SIGINT set a flag; the loop checkpoints after the current step and exits."""
 
@@ -399,9 +403,9 @@ class StopRequested:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
-    def agreed(self) -> int:
+    def agreed(self, device) -> int:
         """The signal number if any rank got one (all ranks learn it at the same step), else 0."""
-        flag = torch.tensor([self.signum], dtype=torch.long)
+        flag = torch.tensor([self.signum], dtype=torch.long, device=device)  # nccl reduces GPU tensors only
         if D.is_distributed():
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         return int(flag.item())
@@ -483,6 +487,9 @@ class _Trainer:
         warmup = cfg.optim.warmup_steps if cfg.optim.warmup_steps is not None else \
             round(cfg.optim.warmup_epochs * self.order.steps_per_epoch)
 
+        if cfg.precision == "float16" and self.device.type != "cuda":
+            raise ConfigError("precision float16 needs a GPU; on CPU use float32 (or bfloat16)")
+
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.model = build_model(cfg.model, self.vae, self.num_classes).to(self.device)
         self.raw_model = self.model
@@ -494,8 +501,6 @@ class _Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "float16")
         self.autocast = (torch.autocast(self.device.type, dtype=getattr(torch, cfg.precision))
                          if cfg.precision != "float32" else contextlib.nullcontext())
-        if cfg.precision == "float16" and self.device.type != "cuda":
-            raise ConfigError("precision float16 needs a GPU; on CPU use float32 (or bfloat16)")
         self.segments = segment_sizes(self.model, self.vae)
         self.ckpts = CheckpointManager(self.out / "checkpoints", keep_last=cfg.keep_checkpoints)
         self.tokenizer_id = tokenizer_identity(self.vae)
@@ -708,7 +713,7 @@ class _Trainer:
                     window_start, window_steps = time.perf_counter(), 0
                     stats = self.new_stats()
                     if not math.isfinite(rec["loss"]):
-                        raise FloatingPointError(f"the loss became {rec['loss']} at step {self.step}; lower the "
+                        raise LossNotFinite(f"the loss became {rec['loss']} at step {self.step}; lower the "
                                                  f"learning rate or use float32 (no checkpoint written)")
                     metrics.log(self.step, **rec)
                     bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['acc']:.3f}", lr=f"{rec['lr']:.2e}",
@@ -721,7 +726,7 @@ class _Trainer:
                     self.write_samples()
                 if self.on_step is not None:
                     self.on_step(self.step, last_record)
-                stopped_by = stop.agreed()
+                stopped_by = stop.agreed(self.device)
                 if stopped_by:
                     break
             bar.close()
