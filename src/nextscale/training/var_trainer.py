@@ -23,7 +23,6 @@ and, at the end, model/ (the inference format `nextscale.load_var` reads).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import os
 import signal
