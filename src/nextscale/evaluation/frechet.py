@@ -1,0 +1,141 @@
+"""The metric math on feature sets: Fréchet distance, k-NN precision/recall, Inception Score.
+
+Fréchet distance (Heusel et al. 2017): fit a Gaussian to each feature set and measure
+    ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)).
+Precision/recall (Kynkäänniemi et al. 2019): each set's manifold is the union of balls around its points
+whose radius is the distance to the k-th nearest neighbour in the same set; precision is the fraction of
+generated points inside the real manifold, recall the fraction of real points inside the generated one.
+Inception Score (Salimans et al. 2016): exp(E_x KL(p(y|x) || p(y))), averaged over splits.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import scipy.linalg
+import torch
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Fréchet distance
+
+def feature_statistics(features_ND) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (D,) and covariance (D, D) (unbiased, N - 1) of N feature vectors, in float64."""
+    feats = np.asarray(features_ND.detach().cpu() if isinstance(features_ND, torch.Tensor) else features_ND,
+                       dtype=np.float64)
+    if feats.ndim != 2:
+        raise ValueError(f"features must be a 2-d array (N, D), got shape {feats.shape}")
+    if feats.shape[0] < 2:
+        raise ValueError(f"a covariance needs at least 2 feature vectors, got {feats.shape[0]}")
+    return feats.mean(axis=0), np.cov(feats, rowvar=False).reshape(feats.shape[1], feats.shape[1])
+
+
+def _trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> np.ndarray:
+    """(S1 S2)^(1/2) by scipy; a non-finite result means a (near-)singular product: the caller regularises."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scipy warns about singular products; we check the result ourselves
+        return scipy.linalg.sqrtm(sigma1 @ sigma2)
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6, max_imaginary: float = 1e-3) -> float:
+    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2).
+
+    S1 S2 is a product of two PSD matrices: its eigenvalues are real and >= 0 and its square root has a
+    real trace, but with few samples (N <= D) the covariances are singular and sqrtm can come back
+    non-finite or with rounding-level imaginary parts. Then we add eps to both diagonals and retry, and
+    drop an imaginary part that is small relative to the result; a large one is an error.
+    """
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    D = mu1.shape[0]
+    if mu1.shape != mu2.shape or mu1.ndim != 1:
+        raise ValueError(f"the means must be vectors of the same length, got {mu1.shape} and {mu2.shape}")
+    if sigma1.shape != (D, D) or sigma2.shape != (D, D):
+        raise ValueError(f"the covariances must be {D}x{D} like the means, got {sigma1.shape} and {sigma2.shape}")
+
+    covmean = _trace_sqrt_product(sigma1, sigma2)
+    if not np.isfinite(covmean).all():
+        offset = np.eye(D) * eps
+        covmean = _trace_sqrt_product(sigma1 + offset, sigma2 + offset)
+    if np.iscomplexobj(covmean):
+        scale = max(1.0, float(np.abs(covmean).max()))
+        worst = float(np.abs(covmean.imag).max())
+        if worst > max_imaginary * scale:
+            raise ValueError(f"the matrix square root has an imaginary part of {worst:.3g}: the covariances are "
+                             f"too ill-conditioned (use more samples than feature dimensions)")
+        covmean = covmean.real
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+def frechet_distance_of_features(features1_ND, features2_MD) -> float:
+    return frechet_distance(*feature_statistics(features1_ND), *feature_statistics(features2_MD))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Precision / recall on k-NN manifolds
+
+def _as_tensor(features) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(features) if not isinstance(features, torch.Tensor) else features)
+    if t.ndim != 2:
+        raise ValueError(f"features must be (N, D), got shape {tuple(t.shape)}")
+    return t.detach().double()
+
+
+def knn_radii(features_ND, k: int = 3, batch_size: int = 1000) -> torch.Tensor:
+    """Distance from each point to its k-th nearest neighbour in the same set (the point itself excluded)."""
+    feats = _as_tensor(features_ND)
+    if not 1 <= k < len(feats):
+        raise ValueError(f"k-NN radii need 1 <= k < number of points, got k={k} for {len(feats)} points")
+    radii = []
+    for i in range(0, len(feats), batch_size):
+        d = torch.cdist(feats[i:i + batch_size], feats)
+        # The k+1 smallest distances include the point's distance to itself (0): the k-th neighbour is the last.
+        radii.append(d.topk(k + 1, dim=1, largest=False).values[:, k])
+    return torch.cat(radii)
+
+
+def manifold_coverage(query_ND, support_MD, support_radii_M: torch.Tensor, batch_size: int = 1000) -> float:
+    """Fraction of query points within the ball of at least one support point."""
+    query, support = _as_tensor(query_ND), _as_tensor(support_MD)
+    if query.shape[1] != support.shape[1]:
+        raise ValueError(f"feature dimensions differ: {query.shape[1]} and {support.shape[1]}")
+    inside = 0
+    for i in range(0, len(query), batch_size):
+        d = torch.cdist(query[i:i + batch_size], support)
+        inside += int((d <= support_radii_M[None, :]).any(dim=1).sum())
+    return inside / len(query)
+
+
+def precision_recall(real_ND, fake_MD, k: int = 3, batch_size: int = 1000) -> tuple[float, float]:
+    """(precision, recall) of the generated set `fake` against `real` (Kynkäänniemi et al. 2019)."""
+    real_radii = knn_radii(real_ND, k, batch_size)
+    fake_radii = knn_radii(fake_MD, k, batch_size)
+    precision = manifold_coverage(fake_MD, real_ND, real_radii, batch_size)
+    recall = manifold_coverage(real_ND, fake_MD, fake_radii, batch_size)
+    return precision, recall
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Inception Score
+
+def inception_score(logits_NC, splits: int = 10) -> tuple[float, float]:
+    """(mean, std) over `splits` equal parts of exp(mean_x KL(p(y|x) || p(y))), p(y) the part's mean prediction.
+
+    Takes logits (log-probabilities work too: softmax ignores a constant shift). The score lies in
+    [1, number of classes]: 1 when every prediction is the same, C when each is certain and the classes are
+    used equally often.
+    """
+    logits = torch.as_tensor(np.asarray(logits_NC) if not isinstance(logits_NC, torch.Tensor) else logits_NC)
+    if logits.ndim != 2:
+        raise ValueError(f"logits must be (N, classes), got shape {tuple(logits.shape)}")
+    if not 1 <= splits <= len(logits):
+        raise ValueError(f"splits must be in [1, number of images = {len(logits)}], got {splits}")
+    log_p = torch.log_softmax(logits.detach().double(), dim=1)
+    scores = []
+    for part in torch.tensor_split(log_p, splits):
+        log_py = torch.logsumexp(part, dim=0) - np.log(len(part))  # log of the mean prediction
+        kl = (part.exp() * (part - log_py)).sum(dim=1).mean()
+        scores.append(float(kl.exp()))
+    return float(np.mean(scores)), float(np.std(scores))

@@ -1,0 +1,142 @@
+"""Sets of images to evaluate: a folder of PNGs or an ADM-style `.npz`, and writing the `.npz`.
+
+The ADM evaluator's format (Dhariwal & Nichol 2021, used by VAR and most published FIDs): `arr_0` holds
+the images, uint8 (N, H, W, 3). Its reference batches also hold `mu` and `sigma`, the mean and covariance
+of the Inception pool features of the reference images. `nextscale sample` adds `labels` (int64 (N,)); we
+also read labels from `arr_1`, where class-conditional samplers in the ADM style put them.
+File names written by `nextscale sample`: `class{c:03d}_{i:05d}.png`; the class is read from the name.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+CLASS_NAME_PATTERN = re.compile(r"^class(\d+)_")
+
+
+@dataclass
+class ImageSet:
+    """uint8 (N, H, W, 3) images (or None for a statistics-only reference), labels, reference statistics."""
+    images: np.ndarray | None
+    labels: np.ndarray | None = None
+    mu: np.ndarray | None = None
+    sigma: np.ndarray | None = None
+    source: str = ""
+
+    def __len__(self) -> int:
+        return 0 if self.images is None else len(self.images)
+
+    def batches(self, batch_size: int):
+        """(B, 3, H, W) float tensors in [0, 1]."""
+        for i in range(0, len(self), batch_size):
+            yield torch.from_numpy(self.images[i:i + batch_size]).permute(0, 3, 1, 2).float().div(255)
+
+
+def as_nhwc3(images: np.ndarray, where: str) -> np.ndarray:
+    """(N, H, W), (N, H, W, 1) or (N, H, W, 3) uint8 -> (N, H, W, 3) uint8 (gray repeated)."""
+    if images.dtype != np.uint8:
+        raise ValueError(f"{where}: images must be uint8 (0..255) as in the ADM format, got {images.dtype}")
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ValueError(f"{where}: images must be (N, H, W, 3) (or (N, H, W) / (N, H, W, 1) grayscale), "
+                         f"got shape {images.shape}")
+    if len(images) == 0:
+        raise ValueError(f"{where}: holds no images")
+    return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
+
+
+def labels_from_names(names: list[str], where: str) -> np.ndarray | None:
+    """Classes from `class{c}_...` file names: all names must follow the pattern, or none."""
+    matches = [CLASS_NAME_PATTERN.match(n) for n in names]
+    if not any(matches):
+        return None
+    if not all(matches):
+        odd = next(n for n, m in zip(names, matches) if not m)
+        raise ValueError(f"{where}: some file names carry a class (class<C>_<I>.png) and some do not (e.g. {odd}); "
+                         f"name all of them class<C>_<I>.png or none")
+    return np.array([int(m.group(1)) for m in matches], dtype=np.int64)
+
+
+def read_image_folder(folder: str | os.PathLike) -> ImageSet:
+    folder = Path(folder)
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files and (folder / "images").is_dir():  # the output folder of `nextscale sample`
+        return read_image_folder(folder / "images")
+    if not files:
+        raise ValueError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    arrays = []
+    for path in files:
+        try:
+            with Image.open(path) as im:
+                arrays.append(np.asarray(im.convert("RGB")))
+        except OSError as e:
+            raise ValueError(f"cannot read image {path}: {e}") from None
+        if arrays[-1].shape != arrays[0].shape:
+            raise ValueError(f"{folder}: images differ in size ({files[0].name} is {arrays[0].shape[1]}x"
+                             f"{arrays[0].shape[0]}, {path.name} is {arrays[-1].shape[1]}x{arrays[-1].shape[0]})")
+    return ImageSet(np.stack(arrays), labels_from_names([p.name for p in files], str(folder)), source=str(folder))
+
+
+def read_npz(path: str | os.PathLike) -> ImageSet:
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read {path} as an .npz file: {e}") from None
+    mu, sigma = arrays.get("mu"), arrays.get("sigma")
+    if (mu is None) != (sigma is None):
+        raise ValueError(f"{path} has {'mu' if sigma is None else 'sigma'} without "
+                         f"{'sigma' if sigma is None else 'mu'}")
+    if mu is not None and (mu.ndim != 1 or sigma.shape != (len(mu), len(mu))):
+        raise ValueError(f"{path}: mu must be (D,) and sigma (D, D), got {mu.shape} and {sigma.shape}")
+    if "arr_0" not in arrays:
+        if mu is None:
+            raise ValueError(f"{path} has neither images (arr_0) nor statistics (mu, sigma); keys: {list(arrays)}")
+        return ImageSet(None, mu=mu, sigma=sigma, source=str(path))
+    images = as_nhwc3(arrays["arr_0"], str(path))
+    labels = None
+    for key in ("labels", "arr_1"):
+        if key in arrays:
+            labels = arrays[key]
+            if labels.ndim != 1 or len(labels) != len(images) or not np.issubdtype(labels.dtype, np.integer):
+                raise ValueError(f"{path}: {key} must hold one integer class per image ({len(images)}), "
+                                 f"got {labels.dtype} of shape {labels.shape}")
+            labels = labels.astype(np.int64)
+            break
+    return ImageSet(images, labels, mu, sigma, source=str(path))
+
+
+def read_image_set(path: str | os.PathLike) -> ImageSet:
+    """A folder of images or an `.npz`."""
+    path = Path(path)
+    if path.is_dir():
+        return read_image_folder(path)
+    if path.is_file():
+        if path.suffix != ".npz":
+            raise ValueError(f"{path}: expected a folder of images or an .npz file")
+        return read_npz(path)
+    raise FileNotFoundError(f"{path} does not exist (expected a folder of images or an .npz file)")
+
+
+def write_npz(path: str | os.PathLike, images: np.ndarray, labels: np.ndarray | None = None,
+              mu: np.ndarray | None = None, sigma: np.ndarray | None = None) -> Path:
+    """ADM layout: arr_0 uint8 (N, H, W, 3); labels int64 when given; mu/sigma Inception pool statistics."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {"arr_0": as_nhwc3(np.asarray(images), str(path))}
+    if labels is not None:
+        arrays["labels"] = np.asarray(labels, dtype=np.int64)
+    if mu is not None:
+        arrays["mu"], arrays["sigma"] = np.asarray(mu), np.asarray(sigma)
+    np.savez(path, **arrays)
+    return path
