@@ -18,6 +18,8 @@ COMMANDS = {
     "export": "nextscale.commands.export",
     "train-tokenizer": "nextscale.commands.train_tokenizer",
     "eval-tokenizer": "nextscale.commands.eval_tokenizer",
+    "eval": "nextscale.commands.eval",
+    "train-classifier": "nextscale.commands.train_classifier",
 }
 
 
