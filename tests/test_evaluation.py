@@ -130,7 +130,8 @@ def test_inception_score_known_cases():
 def test_shipped_classifier_is_small_and_classifies_test_images():
     folder = shipped_classifier_path()
     assert (folder / "model.safetensors").stat().st_size < 2 * 1024 * 1024
-    model = load_classifier()
+    import nextscale
+    model = nextscale.load_classifier()
     assert model.config.metrics["test_accuracy"] >= 0.9
     images, labels = fashion_mnist_test()
     x = torch.from_numpy(images[:200]).float().div(255).unsqueeze(1)

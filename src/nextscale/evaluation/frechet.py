@@ -13,7 +13,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import scipy.linalg
 import torch
 
 
@@ -33,6 +32,7 @@ def feature_statistics(features_ND) -> tuple[np.ndarray, np.ndarray]:
 
 def _trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> np.ndarray:
     """(S1 S2)^(1/2) by scipy; a non-finite result means a (near-)singular product: the caller regularises."""
+    import scipy.linalg  # here, not at the top: `import nextscale` stays free of scipy's import time
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # scipy warns about singular products; we check the result ourselves
         return scipy.linalg.sqrtm(sigma1 @ sigma2)
