@@ -105,7 +105,7 @@ def plot_curves(jsonl_path: str | os.PathLike, png_path: str | os.PathLike, keys
                    for i in range(len(pts))]
         series.append((key, pts))
 
-    width, panel_h, margin_l, margin_r, margin_t, margin_b = 800, 260, 80, 20, 30, 40
+    width, panel_h, margin_l, margin_r, margin_t, margin_b = 800, 260, 80, 40, 30, 40
     image = Image.new("RGB", (width, panel_h * max(1, len(series))), "white")
     draw = ImageDraw.Draw(image)
     try:
