@@ -32,6 +32,14 @@ def make_tokenizer(seed=0, **overrides):
     return nextscale.VQVAE(nextscale.VQVAEConfig(**{**TOKENIZER, **overrides})).eval()
 
 
+@pytest.fixture(autouse=True)
+def restore_torch_threads():
+    """Training sets torch's thread count (threads=1 here); give the other tests theirs back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """A tokenizer folder and an image folder of 3 classes x 8 images (8x8 RGB PNGs)."""
@@ -51,7 +59,8 @@ def base_config(workdir, out, **extra):
     cfg = {"out_dir": str(out), "tokenizer": str(workdir / "tok"),
            "data": {"kind": "image_folder", "path": str(workdir / "images"), "resolution": 8, "hflip": False},
            "model": dict(MODEL), "global_batch": 8, "steps": 4, "log_every": 1, "checkpoint_every": 0,
-           "resume": "never", "export_at_end": False, "tensorboard": False, "progress": False}
+           "resume": "never", "export_at_end": False, "tensorboard": False, "progress": False,
+           "threads": 1}  # tiny models: one thread is faster, and robust to a busy machine
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(cfg.get(key), dict):
             cfg[key] = {**cfg[key], **value}
@@ -136,7 +145,6 @@ def test_data_order_is_independent_of_world_size():
 
 
 # ============================================================================ training behaviour
-@pytest.mark.slow
 def test_overfits_8_images_and_greedy_sampling_reproduces_their_tokens(workdir, tmp_path):
     """8 images, each its own class: the loss goes to ~0 and top-1 sampling without guidance regenerates them."""
     vae = nextscale.load_vae(workdir / "tok")
