@@ -17,11 +17,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from nextscale.config_dict import ConfigDict
 from nextscale.transformer.var import AdaLNBeforeHead, AdaLNBlock, KVCache
 
 
 @dataclass
-class RasterARConfig:
+class RasterARConfig(ConfigDict):
     """Architecture of the raster-scan AR baseline; the fields it shares with VARConfig mean the same."""
 
     depth: int = 16
@@ -48,17 +49,6 @@ class RasterARConfig:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.shared_adaln:
             raise ValueError("the raster-scan baseline has no shared-AdaLN variant")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "RasterARConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown raster-AR config keys {sorted(unknown)}; known: {sorted(names)}")
-        return cls(**d)
 
 
 class RasterAR(nn.Module):

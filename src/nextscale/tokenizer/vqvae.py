@@ -11,6 +11,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from nextscale.config_dict import ConfigDict
 from nextscale.tokenizer.autoencoder import Decoder, Encoder
 from nextscale.tokenizer.quantizer import MultiScaleQuantizer
 
@@ -19,7 +20,7 @@ PATCH_NUMS_512 = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)
 
 
 @dataclass
-class VQVAEConfig:
+class VQVAEConfig(ConfigDict):
     """Architecture of a multi-scale VQ-VAE. Defaults are the published `vae_ch160v4096z32`."""
 
     ch: int = 160
@@ -48,18 +49,6 @@ class VQVAEConfig:
     @property
     def resolution(self) -> int:
         return self.patch_nums[-1] * self.downsample
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "VQVAEConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown tokenizer config keys {sorted(unknown)}; known: {sorted(names)}")
-        return cls(**d)
 
     def identity_hash(self) -> str:
         """Short hash of the architecture, used to tie token caches to their tokenizer."""

@@ -14,11 +14,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nextscale.config_dict import ConfigDict
 PATCH_NUMS_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 
 
 @dataclass
-class VARConfig:
+class VARConfig(ConfigDict):
     """Architecture of a VAR transformer. `embed_dim`/`num_heads` default to 64*depth / depth."""
 
     depth: int = 16
@@ -49,18 +50,6 @@ class VARConfig:
     @property
     def seq_len(self) -> int:
         return sum(pn * pn for pn in self.patch_nums)
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "VARConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown transformer config keys {sorted(unknown)}; known: {sorted(names)}")
-        return cls(**d)
 
 
 class KVCache:
