@@ -70,6 +70,31 @@ class KVCache:
         self.length += num_tokens
 
 
+# oneDNN's linear kernel (the one torch.compile's CPU backend emits) beats the default GEMM on the
+# transformer's short, wide activations and fuses the MLP's GELU: var-d16 sampling at 256px on 2 cores,
+# transformer 2.56 s -> 2.30 s, same tokens. It has no backward: with autograd F.linear runs instead.
+_ONEDNN_LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool = False) -> torch.Tensor:
+    """F.linear, then tanh-GELU if `gelu`: through oneDNN for float32 CPU inference, else as written."""
+    if (_ONEDNN_LINEAR is not None and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu")
+            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))):
+        return _ONEDNN_LINEAR(x, weight, bias, "gelu" if gelu else "none", [], "tanh" if gelu else "")
+    out = F.linear(x, weight, bias)
+    return F.gelu(out, approximate="tanh") if gelu else out
+
+
+def apply_linear(layer: nn.Module, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
+    """`layer(x)` (then tanh-GELU), via `linear` for a plain nn.Linear without hooks; any other module
+    (e.g. int8, see sampling.quantize_int8) is called as it is."""
+    if type(layer) is nn.Linear and not (layer._forward_hooks or layer._forward_pre_hooks):
+        return linear(x, layer.weight, layer.bias, gelu)
+    out = layer(x)
+    return F.gelu(out, approximate="tanh") if gelu else out
+
+
 class DropPath(nn.Module):
     """Stochastic depth per sample."""
 
@@ -109,7 +134,7 @@ class SelfAttention(nn.Module):
         B, L, C = x_BLC.shape
         bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
         if isinstance(self.mat_qkv, nn.Linear):
-            qkv = F.linear(x_BLC, self.mat_qkv.weight, bias)
+            qkv = linear(x_BLC, self.mat_qkv.weight, bias)
         else:  # a swapped-in projection (int8, see sampling.quantize_int8) applies its own weight
             qkv = self.mat_qkv(x_BLC) + bias
         qkv = qkv.view(B, L, 3, self.num_heads, self.head_dim)
@@ -123,7 +148,7 @@ class SelfAttention(nn.Module):
         if attn_bias is not None:
             attn_bias = attn_bias.to(q.dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, scale=self.scale)
-        return self.proj(out.transpose(1, 2).reshape(B, L, C))
+        return apply_linear(self.proj, out.transpose(1, 2).reshape(B, L, C))
 
 
 class FeedForward(nn.Module):
@@ -133,7 +158,7 @@ class FeedForward(nn.Module):
         self.fc2 = nn.Linear(hidden_dim, embed_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+        return apply_linear(self.fc2, apply_linear(self.fc1, x, gelu=True))
 
 
 class AdaLNBlock(nn.Module):
@@ -256,7 +281,7 @@ class VAR(nn.Module):
         return [block.modulation(cond_BD, shared) for block in self.blocks]
 
     def logits(self, x_BLC: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
-        return self.head(self.head_nm(x_BLC.float(), cond_BD.float())).float()
+        return apply_linear(self.head, self.head_nm(x_BLC.float(), cond_BD.float())).float()
 
     def level_position(self, start: int, end: int) -> torch.Tensor:
         """Level + position embedding of token positions [start, end): (1, end-start, C)."""
