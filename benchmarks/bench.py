@@ -319,13 +319,13 @@ def plot_scaling(rows, path: Path) -> None:
     """Log-log plot of seconds per image vs token-grid side, drawn with Pillow (no plotting dependency)."""
     from PIL import Image, ImageDraw, ImageFont
 
-    W, H, left, right, top, bottom = 640, 420, 70, 150, 40, 50
+    W, H, left, right, top, bottom = 680, 420, 70, 170, 40, 50
     img = Image.new("RGB", (W, H), "white")
     draw = ImageDraw.Draw(img)
     font = ImageFont.load_default(size=13)
-    series = [("VAR (transformer + decoder)", "var_seconds_per_image", (31, 119, 180)),
-              ("raster AR (transformer + decoder)", "ar_seconds_per_image", (214, 39, 40)),
-              ("decoder alone", "decoder_seconds", (120, 120, 120))]
+    series = [("VAR: next-scale,\n10 steps", "var_seconds_per_image", (31, 119, 180)),
+              ("raster AR: next-\ntoken, 1 per step", "ar_seconds_per_image", (214, 39, 40)),
+              ("decoder alone\n(same for both)", "decoder_seconds", (120, 120, 120))]
     xs = [r["resolution"] for r in rows]
     ys = [r[key] for _, key, _ in series for r in rows]
     x0, x1 = math.log(min(xs)) - 0.1, math.log(max(xs)) + 0.1
@@ -345,10 +345,11 @@ def plot_scaling(rows, path: Path) -> None:
         draw.line(pts, fill=color, width=3)
         for x, y in pts:
             draw.ellipse((x - 4, y - 4, x + 4, y + 4), fill=color)
-        ly = top + 10 + 34 * i
+        ly = top + 10 + 40 * i
         draw.line((W - right + 10, ly, W - right + 30, ly), fill=color, width=3)
-        draw.multiline_text((W - right + 35, ly - 7), name.replace(" (", "\n("), fill="black", font=font)
-    draw.text((W / 2, 12), "Seconds per image vs resolution (batch 1, cfg, log-log)", fill="black", font=font, anchor="mt")
+        draw.multiline_text((W - right + 35, ly - 7), name, fill="black", font=font)
+    draw.text((W / 2, 12), "var-d16-sized models: seconds per image (transformer + decoder), batch 1, cfg; log-log",
+              fill="black", font=font, anchor="mt")
     draw.text((W / 2, H - 18), f"resolution (token grid = resolution / 16); {processor_name()}, {torch.get_num_threads()} threads",
               fill="black", font=font, anchor="mt")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -450,12 +451,14 @@ def print_table(results: dict) -> None:
               f"{k['token_agreement']:.0%})")
     if "var_vs_ar" in results:
         print("\nVAR vs raster-scan AR (same depth/width, KV-cached, batch 1, cfg; seconds per image)")
-        print(f"{'res':>5} {'tokens':>6} {'VAR steps':>9} {'AR steps':>8} {'VAR s':>7} {'AR s':>8} {'decoder':>8} "
-              f"{'AR/VAR':>7}")
+        print(f"{'res':>5} {'tokens':>6} {'steps VAR/AR':>12} {'VAR s':>7} {'AR s':>8} {'decoder s':>9} {'AR/VAR':>7} "
+              f"{'GFLOP VAR/AR (transformer)':>27}")
         for r in results["var_vs_ar"]:
-            print(f"{r['resolution']:>5} {r['tokens']:>6} {r['var_steps']:>9} {r['ar_steps']:>8} "
-                  f"{r['var_seconds_per_image']:>7.2f} {r['ar_seconds_per_image']:>8.2f} {r['decoder_seconds']:>8.2f} "
-                  f"{r['ar_over_var']:>6.1f}x")
+            steps = f"{r['var_steps']}/{r['ar_steps']}"
+            gflop = f"{r['var_transformer_gflop']:.0f}/{r['ar_transformer_gflop_analytic']:.0f}"
+            print(f"{r['resolution']:>5} {r['tokens']:>6} {steps:>12} {r['var_seconds_per_image']:>7.2f} "
+                  f"{r['ar_seconds_per_image']:>8.2f} {r['decoder_seconds']:>9.2f} {r['ar_over_var']:>6.1f}x "
+                  f"{gflop:>27}")
     if "precision" in results:
         print("\nprecision options (batch 1; quality against the exact float32 path, same seeds)")
         fmt = lambda q: (f"tokens equal {q['token_agreement']:.1%}, PSNR "
@@ -488,7 +491,7 @@ def parse_args(argv=None):
     p.add_argument("--batches", default="1,8", help="batch sizes for var-d16 sampling (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=2, help="timed runs per measurement, after one warm-up "
                                                            "(the minimum is reported; default: %(default)s)")
-    p.add_argument("--grids", default="16,24,32", help="final token grids for VAR vs raster AR "
+    p.add_argument("--grids", default="16,20,24,32", help="final token grids for VAR vs raster AR "
                                                         f"(from {sorted(SCHEDULES)}; default: %(default)s)")
     p.add_argument("--ar-repeats", type=int, default=1, help="timed runs of the raster AR (default: %(default)s)")
     p.add_argument("--smoke", action="store_true", help="tiny models, to check that the script runs "
