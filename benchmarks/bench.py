@@ -1,7 +1,8 @@
 """`make bench`: how fast nextscale samples (and trains) on this machine, against its own matmul peak.
 
 One run measures, on CPU (or on CUDA where present, where bf16 is measured too):
-  1. the float32 matmul peak (GFLOP/s): the yardstick;
+  1. the float32 matmul peak (GFLOP/s): the yardstick; and the memory read bandwidth, which with the peak
+     gives a roofline bound on sampling time (small scales are bound by reading the weights);
   2. var-d16 + vae-f16c32 (published architectures, random weights) sampling 256px images with
      classifier-free guidance at batch 1 and batch 8: seconds per image split into transformer and
      decoder, FLOPs counted with torch.utils.flop_counter, achieved GFLOP/s and its ratio to the peak,
@@ -161,6 +162,31 @@ def matmul_peak(device, dtype=torch.float32, sizes=(2048, 4096, 6144), repeats=4
         seconds, _ = timed(lambda: a @ b, device, repeats)
         rates[n] = 2 * n**3 / seconds / 1e9
     return {"dtype": str(dtype).replace("torch.", ""), "gflops_by_size": rates, "gflops": max(rates.values())}
+
+
+def memory_bandwidth(device, gib: float = 1.0, repeats: int = 4) -> dict:
+    """GB/s of reading a large tensor once: the rate at which the small scales can stream the weights."""
+    x = torch.ones(int(gib * 2**30) // 4, device=device)
+    x.sum()
+    seconds, _ = timed(lambda: x.sum(), device, repeats)
+    return {"read_gbps": x.numel() * 4 / seconds / 1e9}
+
+
+def roofline_transformer_seconds(var, batch: int, peak_gflops: float, read_gbps: float) -> float:
+    """Lower bound on the transformer's time for one batch: every scale needs at least its FLOPs at the
+    matmul peak and at least one read of the weights at the memory bandwidth (cfg doubles the rows)."""
+    c = var.config
+    # The AdaLN projections run once per sample, not once per scale.
+    weight_params = sum(m.weight.numel() for name, m in var.named_modules()
+                        if isinstance(m, torch.nn.Linear) and "ada_lin" not in name)
+    weight_bytes = weight_params * var.head.weight.element_size()
+    seconds, seen = 0.0, 0
+    for pn in var.patch_nums:
+        rows = 2 * batch * pn * pn
+        seen += pn * pn
+        flop = 2 * rows * weight_params + 4 * rows * seen * c.embed_dim * c.depth  # linears + attention
+        seconds += max(flop / (peak_gflops * 1e9), weight_bytes / (read_gbps * 1e9))
+    return seconds
 
 
 # ---------------------------------------------------------------------------------------- models
@@ -428,11 +454,14 @@ def bench_training(device) -> dict:
 def print_sampling_table(rows, peak: float) -> None:
     print("\nvar-d16 sampling, 256px, cfg 1.5 (seconds per image)")
     print(f"{'batch':>5} {'total s':>8} {'transf. s':>9} {'decoder s':>9} {'GFLOP':>7} {'GFLOP/s':>8} "
-          f"{'of peak':>7} {'peak mem':>9}")
+          f"{'of peak':>7} {'roofline s':>10} {'(of peak)':>9} {'peak mem':>9}")
     for r in rows:
         print(f"{r['batch']:>5} {r['seconds_per_image']:>8.2f} {r['transformer_seconds_per_image']:>9.2f} "
               f"{r['decoder_seconds_per_image']:>9.2f} {r['gflop_per_image']:>7.0f} {r['gflops']:>8.0f} "
-              f"{r['gflops'] / peak:>7.0%} {r['peak_memory_mib']:>6.0f} MiB")
+              f"{r['gflops'] / peak:>7.0%} {r['roofline_seconds_per_image']:>10.2f} "
+              f"{r['roofline_fraction_of_peak']:>9.0%} {r['peak_memory_mib']:>6.0f} MiB")
+    print("roofline: the fastest the sample could be if every scale ran at the matmul peak or, where it has too "
+          "few rows for that, read the weights once at the memory bandwidth")
 
 
 def print_table(results: dict) -> None:
@@ -441,6 +470,8 @@ def print_table(results: dict) -> None:
           f"torch {results['machine']['torch']}, load {results['load_before']} -> {results['load_after']}")
     measured = [f"{results[k]['gflops']:.0f}" for k in ("matmul_peak", "matmul_peak_after_sampling") if k in results]
     print(f"float32 matmul peak: {peak:.0f} GFLOP/s (the best of {' and '.join(measured)}: before and after sampling)")
+    if "memory_bandwidth" in results:
+        print(f"memory read bandwidth: {results['memory_bandwidth']['read_gbps']:.1f} GB/s")
     if "var_sampling" in results:
         print_sampling_table(results["var_sampling"], peak)
     if "kv_cache" in results:
@@ -525,6 +556,7 @@ def main(argv=None) -> int:
     }
     log(f"load average {results['load_before']}; measuring the matmul peak")
     results["matmul_peak"] = matmul_peak(device)
+    results["memory_bandwidth"] = memory_bandwidth(device)
     if device.type == "cuda":
         results["matmul_peak_bf16"] = matmul_peak(device, torch.bfloat16)
 
@@ -540,6 +572,11 @@ def main(argv=None) -> int:
     results["peak_gflops"] = max(peaks)
     for row in results.get("var_sampling", []):
         row["fraction_of_peak"] = row["gflops"] / results["peak_gflops"]
+        bound = (roofline_transformer_seconds(var, row["batch"], results["peak_gflops"],
+                                              results["memory_bandwidth"]["read_gbps"]) / row["batch"]
+                 + row["decoder_gflop_per_image"] / results["peak_gflops"])
+        row["roofline_seconds_per_image"] = bound
+        row["roofline_fraction_of_peak"] = row["gflop_per_image"] / bound / results["peak_gflops"]
     if "kv" not in skip:
         log("KV cache on vs off")
         results["kv_cache"] = bench_kv_cache(var, device, args.repeats)
