@@ -50,6 +50,21 @@ def test_sample_images_do_not_depend_on_batch_size(model_args, tmp_path):
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
 
 
+def test_sample_precision_option_reaches_the_sampler(model_args, tmp_path, monkeypatch):
+    import nextscale
+    seen = []
+    real_sample = nextscale.sample
+
+    def recording_sample(*args, **kwargs):
+        seen.append(kwargs.get("precision"))
+        return real_sample(*args, **kwargs)
+
+    monkeypatch.setattr(nextscale, "sample", recording_sample)
+    assert main(["sample", *model_args, "--class", "4", "--num-per-class", "2", "--no-grid", "--precision", "int8",
+                 "--device", "cpu", "--out", str(tmp_path / "int8")]) == 0
+    assert seen == ["int8"] and len(list((tmp_path / "int8" / "images").iterdir())) == 2
+
+
 def test_edit_keeps_the_kept_tokens_exactly(model_args, tmp_path, input_image, ref_vae):
     out = tmp_path / "edits"
     assert main(["edit", *model_args, "--image", str(input_image), "--box", "0.25,0.25,0.75,0.75",
@@ -90,6 +105,8 @@ def test_edit_with_mask_image(model_args, tmp_path, input_image):
     (["edit", "--image", "{missing}", "--box", "0,0,0.5,0.5"], "image not found"),
     (["edit", "--image", "{garbage}", "--box", "0,0,0.5,0.5"], "cannot read image"),
     (["edit", "--image", "{img}", "--mask", "{small_mask}"], "must have the same size"),
+    (["edit", "--image", "{img}", "--box", "0,0,0.5,0.5", "--precision", "int8"], "int8 is for `nextscale sample`"),
+    (["sample", "--precision", "float16", "--device", "cpu"], "float16 needs a GPU"),
 ])
 def test_bad_input_exits_nonzero_with_a_message(extra, message, model_args, tmp_path, input_image, capsys):
     (tmp_path / "garbage.png").write_text("not an image")

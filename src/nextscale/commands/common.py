@@ -40,8 +40,11 @@ def add_device_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("device")
     group.add_argument("--device", default=None,
                        help="torch device: cuda when available, else cpu (default: automatic)")
-    group.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                       help="compute precision: float32 (exact; the default), or bfloat16/float16 autocast on a GPU")
+    group.add_argument("--precision", "--dtype", dest="dtype", default="float32",
+                       choices=["float32", "bfloat16", "float16", "int8"],
+                       help="float32: exact (the default). Faster and not exact (`make bench` measures by how much): "
+                            "bfloat16 autocast (a GPU, or a CPU with bf16 matrix units such as AMX: 2.5x on var-d16), "
+                            "float16 autocast (GPU), int8 (CPU, sample only: dynamic int8 linear layers)")
 
 
 def int_list(text: str) -> list[int]:
@@ -71,10 +74,12 @@ def resolve_device(name: str | None) -> torch.device:
 
 
 def autocast_context(device: torch.device, dtype: str):
-    """float32: no autocast. bfloat16/float16: autocast (GPU; bfloat16 also works on CPU, slowly)."""
+    """float32: no autocast. bfloat16/float16: autocast (float16 on a GPU only)."""
     import contextlib
     if dtype == "float32":
         return contextlib.nullcontext()
+    if dtype == "int8":
+        raise UserError("--precision int8 is for `nextscale sample`; here use float32 or bfloat16")
     if device.type == "cpu" and dtype == "float16":
         raise UserError("--dtype float16 needs a GPU; on CPU use float32 (or bfloat16)")
     return torch.autocast(device.type, dtype=getattr(torch, dtype))

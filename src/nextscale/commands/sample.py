@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nextscale.commands.common import (UserError, add_device_args, add_model_args, autocast_context, load_model,
-                                       resolve_device)
+from nextscale.commands.common import UserError, add_device_args, add_model_args, load_model, resolve_device
 
 # Published settings for FID (spec §3); the model's own recommendation, when it ships one, wins.
 DEFAULT_SAMPLING = {"cfg": 1.5, "top_k": 900, "top_p": 0.96}
@@ -149,9 +148,10 @@ def run(args) -> int:
         raise UserError(f"{', '.join(map(str, existing))} already exist(s): choose another --out or pass --overwrite")
 
     generators = seeded_generators(range(args.seed, args.seed + count), "cpu" if device.type == "cpu" else device)
-    with autocast_context(device, args.dtype):
-        result = nextscale.sample(var, labels, generator=generators, batch_size=args.batch_size,
-                                  more_smooth=args.more_smooth, progress=True, **settings)
+    if args.dtype == "float16" and device.type == "cpu":
+        raise UserError("--precision float16 needs a GPU; on CPU use float32 (exact), bfloat16 or int8")
+    result = nextscale.sample(var, labels, generator=generators, batch_size=args.batch_size,
+                              more_smooth=args.more_smooth, progress=True, precision=args.dtype, **settings)
     images = result.images.float().cpu()
     labels_list = result.labels.tolist()
 
