@@ -113,6 +113,7 @@ $("gen-form").addEventListener("submit", (event) => {
   body.more_smooth = $("gen-smooth").checked;
   $("gen-grid").removeAttribute("src");
   runJob("gen", "/api/generate", body, (result) => {
+    $("gen-grid").onload = () => { $("gen-grid").style.width = 3 * $("gen-grid").naturalWidth + "px"; };
     $("gen-grid").src = result.grid;
     $("gen-grid").dataset.count = result.images.length;
     $("gen-download").href = result.grid;
