@@ -305,7 +305,7 @@ def chromium_path() -> str | None:
 
 
 @pytest.fixture(scope="module")
-def page(url):
+def browser():
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -316,14 +316,25 @@ def page(url):
                     "otherwise run `apt-get install -y chromium`")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=executable)
-        page = browser.new_page(viewport={"width": 1000, "height": 900})
-        errors = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(url + "/")
-        page.wait_for_selector("body[data-ready]", timeout=30_000)
-        yield page
+        yield browser
         browser.close()
-        assert not errors, f"JavaScript errors in the page: {errors}"
+
+
+def open_page(browser, base):
+    page = browser.new_page(viewport={"width": 1000, "height": 900})
+    page.errors = []
+    page.on("pageerror", lambda e: page.errors.append(str(e)))
+    page.goto(base + "/")
+    page.wait_for_selector("body[data-ready]", timeout=30_000)
+    return page
+
+
+@pytest.fixture(scope="module")
+def page(browser, url):
+    page = open_page(browser, url)
+    yield page
+    assert not page.errors, f"JavaScript errors in the page: {page.errors}"
+    page.close()
 
 
 def test_browser_generates_images_of_the_chosen_class(page, var):
@@ -387,3 +398,51 @@ def test_browser_shows_the_message_for_invalid_values(page, tmp_path):
     page.set_input_files("#edit-file", str(not_an_image))
     page.wait_for_selector("#edit-error:not([hidden])")
     assert "not an image" in page.inner_text("#edit-error")
+
+
+class GatedRunner(ModelRunner):
+    """Stops every job after its third scale until the test releases it: what the page shows meanwhile
+    can then be checked without any timing."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.release = threading.Semaphore(0)
+
+    def _scale_reporter(self, job):
+        report = super()._scale_reporter(job)
+
+        def on_tokens(si, tokens):
+            report(si, tokens)
+            if si == 2:
+                assert self.release.acquire(timeout=60), "the test never released the job"
+        return on_tokens
+
+
+def test_browser_shows_queue_position_and_scales_as_they_are_generated(browser, var):
+    runner = GatedRunner(var, "fashion-mnist", torch.device("cpu"), max_images=8)
+    server, base = start(runner)
+    try:
+        first = request(f"{base}/api/generate", {"num_images": 1})[1]  # holds the worker after 3 scales
+        for _ in range(1200):
+            if request(f"{base}/api/jobs/{first['id']}")[1]["scales_done"] == 3:
+                break
+            time.sleep(0.05)
+        page = open_page(browser, base)
+        page.fill("#gen-num", "2")
+        page.click("#gen-submit")
+        page.wait_for_function("document.getElementById('gen-status').textContent.includes('position 1')")
+        assert page.inner_text("#gen-status") == ("waiting: position 1 in the queue (one generation runs at a "
+                                                  "time)")
+        runner.release.release()  # the first job finishes; the page's job runs up to its third scale
+        page.wait_for_function("document.querySelectorAll('#gen-scales tr:first-child th').length === 4")
+        assert page.inner_text("#gen-status") == "generating: scale 3 of 7 done"
+        assert page.locator("#gen-scales img").count() == 2 * 3 and page.get_attribute("#gen-grid", "src") is None
+        runner.release.release()
+        page.wait_for_selector("#gen-out[data-state=done]", timeout=60_000)
+        assert page.locator("#gen-scales img").count() == 2 * 7
+        assert page.inner_text("#gen-status").startswith("done in")
+        assert not page.errors
+        page.close()
+    finally:
+        runner.release.release()
+        stop(server)

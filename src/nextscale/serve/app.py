@@ -103,6 +103,7 @@ class Handler(BaseHTTPRequestHandler):
     def read_body(self, limit: int, hint: str = "") -> bytes:
         length = self.headers.get("Content-Length")
         if length is None or not length.isdigit():
+            self.close_connection = True  # whatever body follows cannot be told from the next request
             raise RequestError("the request has no Content-Length", status=HTTPStatus.LENGTH_REQUIRED)
         length = int(length)
         if length > limit:
@@ -187,12 +188,19 @@ class Handler(BaseHTTPRequestHandler):
         self.send_error_json(500, f"internal error: {type(e).__name__}: {e}")
 
 
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a closed tab is not worth a traceback
+            super().handle_error(request, client_address)
+
+
 def make_server(runner: ModelRunner, host: str = "127.0.0.1", port: int = 8000, time_limit: float = 120.0,
                 max_queue: int = 8, start_worker: bool = True, quiet: bool = False) -> ThreadingHTTPServer:
     """The HTTP server (not yet serving: call serve_forever). port 0 picks a free port (server.server_port)."""
     jobs = JobQueue(time_limit=time_limit, max_waiting=max_queue)
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
+    server = Server((host, port), Handler)
     server.app = App(runner, jobs, quiet=quiet)
     if start_worker:
         jobs.start()

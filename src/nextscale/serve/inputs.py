@@ -59,6 +59,13 @@ def get_float(body: dict, name: str, default: float, lo: float, hi: float) -> fl
     return number
 
 
+def get_bool(body: dict, name: str, default: bool = False) -> bool:
+    value = body.get(name, default)
+    if not isinstance(value, bool):
+        raise RequestError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
 def get_choice(body: dict, name: str, choices: tuple[str, ...]) -> str:
     value = body.get(name)
     if value not in choices:

@@ -48,10 +48,10 @@ class Job:
 
 
 class JobQueue:
-    def __init__(self, time_limit: float, max_waiting: int = 8, keep: int = 100):
+    def __init__(self, time_limit: float, max_waiting: int = 8, keep: int = 20):
         self.time_limit = time_limit
         self.max_waiting = max_waiting
-        self.keep = keep  # finished jobs kept for their clients to read
+        self.keep = keep  # finished jobs kept for their clients to read (they hold images: not many)
         self.jobs: OrderedDict[str, Job] = OrderedDict()
         self.waiting: deque[Job] = deque()
         self.running: Job | None = None

@@ -14,8 +14,8 @@ from nextscale.commands.sample import DEFAULT_SAMPLING, parse_classes
 from nextscale.editing import inpaint_keep_mask, outpaint_keep_mask
 from nextscale.images import make_grid, pil_to_tensor, to_model_input, to_uint8_hwc
 from nextscale.sampling import generate_tokens, seeded_generators
-from nextscale.serve.inputs import (RequestError, decode_data_url, decode_image, get_box, get_choice, get_float,
-                                    get_int, png_data_url)
+from nextscale.serve.inputs import (RequestError, decode_data_url, decode_image, get_bool, get_box, get_choice,
+                                    get_float, get_int, png_data_url)
 from nextscale.serve.jobs import Job
 
 MAX_SEED = 2**63 - 1
@@ -56,7 +56,7 @@ class ModelRunner:
         return {"cfg": get_float(body, "cfg", self.defaults["cfg"], 0.0, MAX_CFG),
                 "top_k": get_int(body, "top_k", self.defaults["top_k"], 0, self.var.config.vocab_size),
                 "top_p": get_float(body, "top_p", self.defaults["top_p"], 0.0, 1.0),
-                "more_smooth": bool(body.get("more_smooth", False))}
+                "more_smooth": get_bool(body, "more_smooth")}
 
     def label(self, value) -> int | None:
         """A class name or id, 'unconditional' (the null class), or 'random' (None)."""
