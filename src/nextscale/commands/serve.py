@@ -6,7 +6,8 @@ import argparse
 import ipaddress
 import sys
 
-from nextscale.commands.common import UserError, add_device_args, add_model_args, load_model, resolve_device
+from nextscale.commands.common import (UserError, add_device_args, add_model_args, autocast_context, load_model,
+                                       resolve_device)
 
 
 def add_parser(sub) -> None:
@@ -62,6 +63,7 @@ def run(args) -> int:
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be in [0, 65535], got {args.port}")
     device = resolve_device(args.device)
+    autocast_context(device, args.dtype)  # refuses float16 on a CPU now rather than in every request
     var = load_model(args).to(device).eval()
     name = args.transformer or args.model or "fashion-mnist"
     runner = ModelRunner(var, name, device, args.dtype, max_images=args.max_images,
