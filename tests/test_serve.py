@@ -398,6 +398,13 @@ def test_browser_shows_the_message_for_invalid_values(page, tmp_path):
     page.set_input_files("#edit-file", str(not_an_image))
     page.wait_for_selector("#edit-error:not([hidden])")
     assert "not an image" in page.inner_text("#edit-error")
+    # A real photo of another size is accepted and shown as the model will see it: no error, 32x32.
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(np.random.default_rng(2).integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(photo)
+    page.evaluate("document.getElementById('edit-canvas').dataset.loaded = ''")
+    page.set_input_files("#edit-file", str(photo))
+    page.wait_for_function("document.getElementById('edit-canvas').dataset.loaded === '1'")
+    assert page.is_hidden("#edit-error")
 
 
 class GatedRunner(ModelRunner):
