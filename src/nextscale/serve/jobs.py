@@ -83,11 +83,12 @@ class JobQueue:
             if job is None:
                 return None
             position = next((i + 1 for i, j in enumerate(self.waiting) if j is job), 0)
+            seconds = None if job.started is None else round((job.finished or time.monotonic()) - job.started, 2)
             return {"id": job.id, "kind": job.kind, "status": job.status, "position": position,
                     "scales_done": len(job.scales), "num_scales": job.num_scales,
                     "scales": job.scales[scales_from:], "scales_from": scales_from,
                     "result": job.result, "error": job.error,
-                    "seconds": None if job.started is None else round((job.finished or time.monotonic()) - job.started, 2)}
+                    "seconds": seconds}
 
     def start(self) -> None:
         if self.thread is None:
