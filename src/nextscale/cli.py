@@ -20,6 +20,7 @@ COMMANDS = {
     "eval-tokenizer": "nextscale.commands.eval_tokenizer",
     "eval": "nextscale.commands.eval",
     "train-classifier": "nextscale.commands.train_classifier",
+    "serve": "nextscale.commands.serve",
 }
 
 

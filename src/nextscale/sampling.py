@@ -99,8 +99,13 @@ def _tokenizer_of(var: VAR):
 def generate_tokens(var: VAR, labels_B: torch.Tensor, generator: Generators, cfg: float = 1.5,
                     top_k: int = 0, top_p: float = 0.0, more_smooth: bool = False,
                     forced: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
-                    on_scale: Callable[[int], None] | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+                    on_scale: Callable[[int], None] | None = None,
+                    on_tokens: Callable[[int, list[torch.Tensor]], None] | None = None,
+                    ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Sample token maps scale by scale; returns (tokens per scale, final f_hat).
+
+    After each scale, `on_scale(si)` and `on_tokens(si, token maps so far)` are called when given (a
+    progress bar; showing the image coarse to fine). Either may raise to stop sampling early.
 
     `forced[k] = (known_idx_Bl, keep_Bl)`, when given, replaces the sampled codes of scale k by the
     known ones wherever `keep_Bl` is True (zero-shot editing). Sampling still draws every token, so
@@ -148,6 +153,8 @@ def generate_tokens(var: VAR, labels_B: torch.Tensor, generator: Generators, cfg
             x_2BlC = var.embed_scale_input(next_input, si + 1).repeat(2, 1, 1)
         if on_scale is not None:
             on_scale(si)
+        if on_tokens is not None:
+            on_tokens(si, tokens)
     return tokens, f_hat
 
 

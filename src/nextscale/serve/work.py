@@ -1,0 +1,157 @@
+"""What the web app's jobs do with the model: generate, and edit an image, showing every scale.
+
+A request is checked completely when it arrives (so a bad value is answered at once, not after
+waiting in the queue); what runs later in the worker is the returned `work(job)` function.
+"""
+
+from __future__ import annotations
+
+import torch
+
+import nextscale
+from nextscale.commands.common import UserError, autocast_context
+from nextscale.commands.sample import DEFAULT_SAMPLING, parse_classes
+from nextscale.editing import inpaint_keep_mask, outpaint_keep_mask
+from nextscale.images import make_grid, pil_to_tensor, to_model_input, to_uint8_hwc
+from nextscale.sampling import generate_tokens, seeded_generators
+from nextscale.serve.inputs import (RequestError, decode_data_url, decode_image, get_bool, get_box, get_choice,
+                                    get_float, get_int, png_data_url)
+from nextscale.serve.jobs import Job
+
+MAX_SEED = 2**63 - 1
+MAX_CFG = 100.0
+EDIT_MODES = ("inpaint", "outpaint", "class")
+
+
+def data_urls(images_BCHW: torch.Tensor) -> list[str]:
+    return [png_data_url(im) for im in to_uint8_hwc(images_BCHW.float().cpu())]
+
+
+class ModelRunner:
+    """The model of this server, and the checks and work of generate / edit requests."""
+
+    def __init__(self, var, name: str, device: torch.device, dtype: str = "float32", max_images: int = 16,
+                 max_upload_bytes: int = 10_000_000, max_pixels: int = 16_000_000):
+        self.var = var.eval()
+        self.vae = var.tokenizer
+        self.name = name
+        self.device = device
+        self.dtype = dtype
+        self.max_images = max_images
+        self.max_upload_bytes = max_upload_bytes
+        self.max_pixels = max_pixels
+        extra = getattr(var, "extra_config", {})
+        self.class_names = list(extra.get("class_names") or [])
+        self.defaults = {**DEFAULT_SAMPLING, **extra.get("sampling", {})}
+
+    def info(self) -> dict:
+        return {"model": self.name, "resolution": self.vae.resolution, "patch_nums": list(self.var.patch_nums),
+                "num_classes": self.var.num_classes, "class_names": self.class_names,
+                "defaults": {**self.defaults, "seed": 0, "num_images": min(8, self.max_images)},
+                "limits": {"max_images": self.max_images, "max_upload_bytes": self.max_upload_bytes,
+                           "max_pixels": self.max_pixels, "max_cfg": MAX_CFG}}
+
+    # ---- checking a request ----
+    def settings(self, body: dict) -> dict:
+        return {"cfg": get_float(body, "cfg", self.defaults["cfg"], 0.0, MAX_CFG),
+                "top_k": get_int(body, "top_k", self.defaults["top_k"], 0, self.var.config.vocab_size),
+                "top_p": get_float(body, "top_p", self.defaults["top_p"], 0.0, 1.0),
+                "more_smooth": get_bool(body, "more_smooth")}
+
+    def label(self, value) -> int | None:
+        """A class name or id, 'unconditional' (the null class), or 'random' (None)."""
+        if value is None or str(value).strip().lower() in ("", "random"):
+            return None
+        try:
+            return parse_classes([str(value)], self.var)[0]
+        except UserError as e:
+            raise RequestError(str(e)) from None
+
+    def image(self, data: bytes) -> torch.Tensor:
+        """Image file bytes -> (1, C, res, res) in [0, 1], resized and center-cropped as the model sees it."""
+        im = decode_image(data, self.max_upload_bytes, self.max_pixels)
+        channels = self.vae.config.image_channels
+        return to_model_input([pil_to_tensor(im, channels)], self.vae.resolution, channels)
+
+    # ---- the work ----
+    def _scale_reporter(self, job: Job):
+        """on_tokens callback: decode the scales so far into one picture per image (the last scale is
+        added by the caller from the final decode)."""
+        last = len(self.var.patch_nums) - 1
+
+        def on_tokens(si: int, tokens: list[torch.Tensor]) -> None:
+            if si < last:
+                partial = self.vae.decode_tokens(tokens, num_scales=si + 1).add(1).mul(0.5)
+                job.add_scale({"pn": self.var.patch_nums[si], "images": data_urls(partial)})
+        return on_tokens
+
+    def _finish(self, job: Job, images: torch.Tensor) -> list[str]:
+        urls = data_urls(images)
+        job.add_scale({"pn": self.var.patch_nums[-1], "images": urls})
+        return urls
+
+    def generate(self, body: dict):
+        """-> (work, number of scales) for a generate request."""
+        settings = self.settings(body)
+        seed = get_int(body, "seed", 0, 0, MAX_SEED - self.max_images)
+        n = get_int(body, "num_images", min(8, self.max_images), 1, self.max_images)
+        label = self.label(body.get("class"))
+        gen_device = "cpu" if self.device.type == "cpu" else self.device
+
+        @torch.no_grad()
+        def work(job: Job) -> None:
+            generators = seeded_generators(range(seed, seed + n), gen_device)
+            if label is None:  # uniformly drawn classes, as `nextscale sample --num-images` draws them
+                uniform = torch.full((self.var.num_classes,), 1.0 / self.var.num_classes, device=self.device)
+                labels = torch.cat([torch.multinomial(uniform, 1, generator=g) for g in generators])
+            else:
+                labels = torch.full((n,), label, dtype=torch.long, device=self.device)
+            with autocast_context(self.device, self.dtype):
+                _, f_hat = generate_tokens(self.var, labels, generators, on_tokens=self._scale_reporter(job),
+                                           **settings)
+                images = self.vae.decode_fhat(f_hat).float().add(1).mul(0.5)
+            urls = self._finish(job, images)
+            job.result = {"grid": png_data_url(make_grid(images.cpu(), ncols=min(n, 8))), "images": urls,
+                          "labels": labels.tolist(), "seeds": list(range(seed, seed + n)),
+                          "settings": {k: settings[k] for k in ("cfg", "top_k", "top_p")}}
+        return work, len(self.var.patch_nums)
+
+    def edit(self, body: dict):
+        """-> (work, number of scales) for an edit request."""
+        from nextscale.demo import shade_regenerated
+        settings = self.settings(body)
+        seed = get_int(body, "seed", 0, 0, MAX_SEED - self.max_images)
+        n = get_int(body, "num_images", 1, 1, self.max_images)
+        mode = get_choice(body, "mode", EDIT_MODES)
+        label = self.label(body.get("class"))
+        if mode == "class" and (label is None or label == self.var.num_classes):
+            raise RequestError("a class edit needs a class: choose which class the box should become")
+        if label is None:
+            label = self.var.num_classes  # in-/out-painting: unconditional unless a class is chosen
+        image = self.image(decode_data_url(body.get("image")))
+        grid = self.var.patch_nums[-1]
+        try:
+            keep = (outpaint_keep_mask if mode == "outpaint" else inpaint_keep_mask)(get_box(body), grid)
+        except ValueError as e:
+            raise RequestError(str(e)) from None
+        if keep.all():
+            raise RequestError("the rectangle keeps the whole image: nothing is left to regenerate")
+        gen_device = "cpu" if self.device.type == "cpu" else self.device
+
+        @torch.no_grad()
+        def work(job: Job) -> None:
+            generators = seeded_generators(range(seed, seed + n), gen_device)
+            inputs = image.expand(n, -1, -1, -1).to(self.device)
+            with autocast_context(self.device, self.dtype):
+                out = nextscale.edit(self.var, inputs, keep.to(self.device), labels=label, generator=generators,
+                                     on_tokens=self._scale_reporter(job), **settings)
+            urls = self._finish(job, out.images)
+            job.result = {"input": data_urls(image)[0], "mask": data_urls(shade_regenerated(image[0], keep)[None])[0],
+                          "images": urls, "seeds": list(range(seed, seed + n)), "label": label, "mode": mode,
+                          "settings": {k: settings[k] for k in ("cfg", "top_k", "top_p")}}
+        return work, len(self.var.patch_nums)
+
+    def prepare_image(self, data: bytes) -> dict:
+        """An uploaded file as the model will see it (what the page shows for drawing the box)."""
+        image = self.image(data)
+        return {"image": data_urls(image)[0], "resolution": self.vae.resolution}
