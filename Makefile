@@ -31,7 +31,7 @@ browser:
 demo: install
 	$(BIN)/python -m nextscale.demo --out demo
 
-# Speed on this machine (about 10 minutes on an idle 2-core CPU): table on stdout, numbers in JSON.
+# Speed on this machine (about 8 minutes on an idle 2-core CPU): table on stdout, numbers in JSON.
 bench: install
 	$(BIN)/python benchmarks/bench.py --out bench_results/bench.json
 
