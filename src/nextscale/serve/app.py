@@ -4,8 +4,8 @@
     GET  /api/info            the model, its classes, default settings and the server's limits
     GET  /api/test-images     a few Fashion-MNIST test images, as the model sees them
     POST /api/image           an image file (raw bytes) -> the image at the model's resolution
-    POST /api/generate        JSON settings -> {"job": id}            (202; 400 with {"error"} if invalid)
-    POST /api/edit            JSON image, box, mode, settings -> {"job": id}
+    POST /api/generate        JSON settings -> the new job's status, with its "id"   (202; 400 with {"error"})
+    POST /api/edit            JSON image, box, mode, settings -> the new job's status
     GET  /api/jobs/ID?from=N  status, queue position, the scales from N on, and the result
 
 Requests are handled in threads; the model runs only in the JobQueue's single worker thread.
