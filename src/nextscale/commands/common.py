@@ -43,7 +43,7 @@ def add_device_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--precision", "--dtype", dest="dtype", default="float32",
                        choices=["float32", "bfloat16", "float16", "int8"],
                        help="float32: exact (the default). Faster and not exact (`make bench` measures by how much): "
-                            "bfloat16 autocast (a GPU, or a CPU with bf16 matrix units such as AMX: 2.5x on var-d16), "
+                            "bfloat16 autocast (a GPU, or a CPU with bf16 matrix units such as AMX: 2.4x on var-d16 here), "
                             "float16 autocast (GPU), int8 (CPU, sample only: dynamic int8 linear layers)")
 
 
@@ -81,7 +81,7 @@ def autocast_context(device: torch.device, dtype: str):
     if dtype == "int8":
         raise UserError("--precision int8 is for `nextscale sample`; here use float32 or bfloat16")
     if device.type == "cpu" and dtype == "float16":
-        raise UserError("--dtype float16 needs a GPU; on CPU use float32 (or bfloat16)")
+        raise UserError("--precision float16 needs a GPU; on CPU use float32 (or bfloat16)")
     return torch.autocast(device.type, dtype=getattr(torch, dtype))
 
 

@@ -132,6 +132,8 @@ def run(args) -> int:
     if args.npz and not args.npz.endswith(".npz"):
         args.npz += ".npz"
     device = resolve_device(args.device)
+    if args.dtype == "float16" and device.type == "cpu":
+        raise UserError("--precision float16 needs a GPU; on CPU use float32 (exact), bfloat16 or int8")
     var = load_model(args).to(device)
     settings = sampling_settings(args, var)
     classes = parse_classes(args.classes, var)
@@ -148,8 +150,6 @@ def run(args) -> int:
         raise UserError(f"{', '.join(map(str, existing))} already exist(s): choose another --out or pass --overwrite")
 
     generators = seeded_generators(range(args.seed, args.seed + count), "cpu" if device.type == "cpu" else device)
-    if args.dtype == "float16" and device.type == "cpu":
-        raise UserError("--precision float16 needs a GPU; on CPU use float32 (exact), bfloat16 or int8")
     result = nextscale.sample(var, labels, generator=generators, batch_size=args.batch_size,
                               more_smooth=args.more_smooth, progress=True, precision=args.dtype, **settings)
     images = result.images.float().cpu()
