@@ -205,7 +205,7 @@ def test_edit_equals_nextscale_edit(url, var, shipped_images):
     original = torch.from_numpy(decode(image)).permute(2, 0, 1).float().div(255)[None]
     keep = inpaint_keep_mask(box, 8)
     expected = nextscale.edit(var, original.expand(2, -1, -1, -1), keep, labels=3,
-                              generator=seeded_generators([3, 4]), cfg=5.0, top_k=0, top_p=0.0)
+                              generator=seeded_generators([3, 4]), **var.extra_config["sampling"])
     got = np.stack([decode(u) for u in result["images"]])
     assert np.abs(got.astype(int) - as_uint8(expected.images).astype(int)).max() <= 1
     assert np.array_equal(decode(result["input"]), decode(image))
@@ -351,7 +351,7 @@ def test_browser_generates_images_of_the_chosen_class(page, var):
     sizes = page.eval_on_selector_all("#gen-scales img", "es => es.map(e => [e.naturalWidth, e.naturalHeight])")
     assert sizes == [[32, 32]] * 14
     shown = decode(page.get_attribute("#gen-grid", "src"))
-    expected = nextscale.sample(var, [7, 7], generator=seeded_generators([3, 4]), cfg=5.0, top_k=0, top_p=0.0)
+    expected = nextscale.sample(var, [7, 7], generator=seeded_generators([3, 4]), **var.extra_config["sampling"])
     grid = nextscale.images.make_grid(expected.images, ncols=2)
     assert np.abs(shown.astype(int) - grid.astype(int)).max() <= 1
     assert page.get_attribute("#gen-download", "href").startswith("data:image/png;base64,")
@@ -380,7 +380,7 @@ def test_browser_inpaints_a_test_image(page, var):
     original = decode(sources[0])
     expected = nextscale.edit(var, torch.from_numpy(original).permute(2, 0, 1).float().div(255)[None],
                               inpaint_keep_mask((y0, x0, y1, x1), 8), labels=10, generator=seeded_generators([1]),
-                              cfg=5.0, top_k=0, top_p=0.0)
+                              **var.extra_config["sampling"])
     assert np.abs(decode(sources[2]).astype(int) - as_uint8(expected.images)[0].astype(int)).max() <= 1
     assert page.get_attribute("#edit-result a.download", "download") == "nextscale_edit_seed1.png"
 
