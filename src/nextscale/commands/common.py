@@ -43,7 +43,7 @@ def add_device_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--precision", "--dtype", dest="dtype", default="float32",
                        choices=["float32", "bfloat16", "float16", "int8"],
                        help="float32: exact (the default). Faster and not exact (`make bench` measures by how much): "
-                            "bfloat16 autocast (a GPU, or a CPU with bf16 matrix units such as AMX: 2.4x on var-d16 here), "
+                            "bfloat16 autocast (a GPU, or a CPU with bf16 matrix units such as AMX: about 2.5x on var-d16 here), "
                             "float16 autocast (GPU), int8 (CPU, sample only: dynamic int8 linear layers)")
 
 
