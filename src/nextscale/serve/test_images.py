@@ -36,7 +36,7 @@ def write_asset(path: str | Path, root: str | None = None) -> Path:
     strip = np.concatenate(list(images[indices]), axis=1)  # (32, 20 * 32)
     info = PngImagePlugin.PngInfo()
     info.add_text("indices", ",".join(map(str, indices)))
-    Image.fromarray(strip, mode="L").save(path, pnginfo=info, optimize=True)
+    Image.fromarray(strip).save(path, pnginfo=info, optimize=True)  # uint8 (H, W): grayscale
     return Path(path)
 
 
