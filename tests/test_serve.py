@@ -267,7 +267,8 @@ def test_shipped_test_images_are_fashion_mnist_test_images():
     assert np.array_equal(test_images[indices], images) and test_labels[indices].tolist() == labels
 
 
-def test_serve_command_starts_answers_and_stops(tmp_path):
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_serve_command_starts_answers_and_stops(tmp_path, stop_signal):
     from nextscale.commands.serve import is_loopback
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2")
@@ -283,8 +284,9 @@ def test_serve_command_starts_answers_and_stops(tmp_path):
         with urllib.request.urlopen(base + "/") as page:
             assert b"<script src=\"/static/app.js\">" in page.read()
     finally:
-        process.send_signal(signal.SIGINT)
+        process.send_signal(stop_signal)  # both stop it cleanly (SIGTERM: what a service manager sends)
         assert process.wait(timeout=30) == 0
+        assert "stopped" in process.stdout.read()
 
 
 def test_serve_command_refuses_bad_options(capsys):

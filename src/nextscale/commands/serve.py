@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import signal
 import sys
 
 from nextscale.commands.common import (UserError, add_device_args, add_model_args, autocast_context, load_model,
@@ -51,6 +52,10 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def run(args) -> int:
     from nextscale.serve import ModelRunner, make_server
 
@@ -80,6 +85,8 @@ def run(args) -> int:
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"nextscale serve: {name} on {device}; open http://{host}:{server.server_port}/ (Ctrl-C stops)",
           flush=True)
+    # A service manager (systemd, docker stop) sends SIGTERM: stop as cleanly as on Ctrl-C.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
