@@ -27,35 +27,36 @@ def _missing(value) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
-def get_int(body: dict, name: str, default: int, lo: int, hi: int) -> int:
+def _number(body: dict, name: str, what: str) -> float | None:
+    """The field as a float (a JSON number or a numeric string), None when absent or blank."""
     value = body.get(name)
     if _missing(value):
-        return default
+        return None
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise RequestError(f"{name} must be a whole number, got {value!r}")
+        raise RequestError(f"{name} must be {what}, got {value!r}")
     try:
-        number = float(value)
+        return float(value)
     except ValueError:
-        raise RequestError(f"{name} must be a whole number, got {value!r}") from None
+        raise RequestError(f"{name} must be {what}, got {value!r}") from None
+
+
+def get_int(body: dict, name: str, default: int, lo: int, hi: int) -> int:
+    number = _number(body, name, "a whole number")
+    if number is None:
+        return default
     if not number.is_integer():
-        raise RequestError(f"{name} must be a whole number, got {value!r}")
+        raise RequestError(f"{name} must be a whole number, got {body[name]!r}")
     if not lo <= number <= hi:
         raise RequestError(f"{name} must be between {lo} and {hi}, got {int(number)}")
     return int(number)
 
 
 def get_float(body: dict, name: str, default: float, lo: float, hi: float) -> float:
-    value = body.get(name)
-    if _missing(value):
+    number = _number(body, name, "a number")
+    if number is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise RequestError(f"{name} must be a number, got {value!r}")
-    try:
-        number = float(value)
-    except ValueError:
-        raise RequestError(f"{name} must be a number, got {value!r}") from None
     if not (math.isfinite(number) and lo <= number <= hi):
-        raise RequestError(f"{name} must be a number between {lo:g} and {hi:g}, got {value}")
+        raise RequestError(f"{name} must be a number between {lo:g} and {hi:g}, got {body[name]}")
     return number
 
 
