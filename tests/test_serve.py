@@ -420,11 +420,11 @@ class GatedRunner(ModelRunner):
     def _scale_reporter(self, job):
         report = super()._scale_reporter(job)
 
-        def on_tokens(si, tokens):
+        def on_scale(si, tokens):
             report(si, tokens)
             if si == 2:
                 assert self.release.acquire(timeout=60), "the test never released the job"
-        return on_tokens
+        return on_scale
 
 
 def test_browser_shows_queue_position_and_scales_as_they_are_generated(browser, var):

@@ -64,14 +64,14 @@ def per_scale_keep(keep_mask: torch.Tensor, patch_nums: Sequence[int]) -> list[t
 @torch.no_grad()
 def edit(var: VAR, image, keep_mask: torch.Tensor, labels=None, seed: int | None = None, cfg: float = 3.0,
          top_k: int = 0, top_p: float = 0.0, more_smooth: bool = False,
-         generator: torch.Generator | None = None, on_tokens=None) -> SampleOutput:
+         generator: torch.Generator | None = None, on_scale=None) -> SampleOutput:
     """Regenerate the parts of `image` where `keep_mask` is 0, conditioned on the kept parts.
 
     image: a tensor (B, C, H, W) in [0, 1], a PIL image, a path, or a list of those; any size and mode
     (resized and center-cropped to the model's resolution). keep_mask: (pn_K, pn_K) on the finest
     token grid (1 = keep), or (B, pn_K, pn_K). labels: class id(s); the null class (`var.num_classes`,
     the default) edits unconditionally. Returns images at the model's resolution in [0, 1].
-    on_tokens: called after each scale, as in `generate_tokens`.
+    on_scale: called after each scale, as in `generate_tokens`.
     """
     vae = _tokenizer_of(var)
     device = var.pos_1LC.device
@@ -98,5 +98,5 @@ def edit(var: VAR, image, keep_mask: torch.Tensor, labels=None, seed: int | None
     if generator is None:
         generator = make_generator(seed, "cpu" if device.type == "cpu" else device)
     tokens, f_hat = generate_tokens(var, labels_B, generator, cfg, top_k, top_p, more_smooth, forced=forced,
-                                    on_tokens=on_tokens)
+                                    on_scale=on_scale)
     return SampleOutput(images=vae.decode_fhat(f_hat).add(1).mul(0.5), tokens=tokens, labels=labels_B)

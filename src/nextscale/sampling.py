@@ -99,13 +99,12 @@ def _tokenizer_of(var: VAR):
 def generate_tokens(var: VAR, labels_B: torch.Tensor, generator: Generators, cfg: float = 1.5,
                     top_k: int = 0, top_p: float = 0.0, more_smooth: bool = False,
                     forced: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
-                    on_scale: Callable[[int], None] | None = None,
-                    on_tokens: Callable[[int, list[torch.Tensor]], None] | None = None,
+                    on_scale: Callable[[int, list[torch.Tensor]], None] | None = None,
                     ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Sample token maps scale by scale; returns (tokens per scale, final f_hat).
 
-    After each scale, `on_scale(si)` and `on_tokens(si, token maps so far)` are called when given (a
-    progress bar; showing the image coarse to fine). Either may raise to stop sampling early.
+    After each scale, `on_scale(si, token maps so far)` is called when given (a progress bar; showing
+    the image coarse to fine); it may raise to stop sampling early.
 
     `forced[k] = (known_idx_Bl, keep_Bl)`, when given, replaces the sampled codes of scale k by the
     known ones wherever `keep_Bl` is True (zero-shot editing). Sampling still draws every token, so
@@ -152,9 +151,7 @@ def generate_tokens(var: VAR, labels_B: torch.Tensor, generator: Generators, cfg
         if next_input is not None:
             x_2BlC = var.embed_scale_input(next_input, si + 1).repeat(2, 1, 1)
         if on_scale is not None:
-            on_scale(si)
-        if on_tokens is not None:
-            on_tokens(si, tokens)
+            on_scale(si, tokens)
     return tokens, f_hat
 
 
@@ -278,7 +275,7 @@ def sample(var: VAR, labels=None, seed: int | None = None, cfg: float = 1.5, top
         gen_b = generator[i:i + batch_size] if per_image else generator
         with low_precision:
             toks, f_hat = generate_tokens(model, labels_B[i:i + batch_size], gen_b, cfg, top_k, top_p, more_smooth,
-                                          on_scale=(lambda _: bar.update(1)) if bar else None)
+                                          on_scale=(lambda *_: bar.update(1)) if bar else None)
             images.append(vae.decode_fhat(f_hat).float().add(1).mul(0.5))
         token_lists.append(toks)
     if bar:

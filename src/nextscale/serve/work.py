@@ -75,15 +75,15 @@ class ModelRunner:
 
     # ---- the work ----
     def _scale_reporter(self, job: Job):
-        """on_tokens callback: decode the scales so far into one picture per image (the last scale is
+        """on_scale callback: decode the scales so far into one picture per image (the last scale is
         added by the caller from the final decode)."""
         last = len(self.var.patch_nums) - 1
 
-        def on_tokens(si: int, tokens: list[torch.Tensor]) -> None:
+        def on_scale(si: int, tokens: list[torch.Tensor]) -> None:
             if si < last:
                 partial = self.vae.decode_tokens(tokens, num_scales=si + 1).add(1).mul(0.5)
                 job.add_scale({"pn": self.var.patch_nums[si], "images": data_urls(partial)})
-        return on_tokens
+        return on_scale
 
     def _finish(self, job: Job, images: torch.Tensor) -> list[str]:
         urls = data_urls(images)
@@ -107,7 +107,7 @@ class ModelRunner:
             else:
                 labels = torch.full((n,), label, dtype=torch.long, device=self.device)
             with autocast_context(self.device, self.dtype):
-                _, f_hat = generate_tokens(self.var, labels, generators, on_tokens=self._scale_reporter(job),
+                _, f_hat = generate_tokens(self.var, labels, generators, on_scale=self._scale_reporter(job),
                                            **settings)
                 images = self.vae.decode_fhat(f_hat).float().add(1).mul(0.5)
             urls = self._finish(job, images)
@@ -144,7 +144,7 @@ class ModelRunner:
             inputs = image.expand(n, -1, -1, -1).to(self.device)
             with autocast_context(self.device, self.dtype):
                 out = nextscale.edit(self.var, inputs, keep.to(self.device), labels=label, generator=generators,
-                                     on_tokens=self._scale_reporter(job), **settings)
+                                     on_scale=self._scale_reporter(job), **settings)
             urls = self._finish(job, out.images)
             job.result = {"input": data_urls(image)[0], "mask": data_urls(shade_regenerated(image[0], keep)[None])[0],
                           "images": urls, "seeds": list(range(seed, seed + n)), "label": label, "mode": mode,
