@@ -166,7 +166,7 @@ def save_pretrained(model: VQVAE | VAR, folder: str | os.PathLike) -> Path:
     """Write `config.json` + `model.safetensors` (and the attached tokenizer of a VAR in `tokenizer/`)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    kind = "vqvae" if isinstance(model, VQVAE) else getattr(model, "model_type", "var")  # raster_ar: the baseline
+    kind = model.model_type
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(sd, str(folder / WEIGHTS_NAME), metadata={"format": "pt", "model_type": kind})
     (folder / CONFIG_NAME).write_text(json.dumps({"model_type": kind, "config": model.config.to_dict(),

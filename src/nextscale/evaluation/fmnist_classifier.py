@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -18,13 +18,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nextscale.config_dict import ConfigDict
 from nextscale.data.fashion_mnist import CLASS_NAMES
 
 SHIPPED_FOLDER = "fashion_mnist_classifier"
 
 
 @dataclass
-class ClassifierConfig:
+class ClassifierConfig(ConfigDict):
     """Architecture, input normalisation, and what we measured (kept with the weights in config.json)."""
     channels: tuple[int, ...] = (16, 32, 64)  # one conv-BN-ReLU-maxpool stage each: 32 -> 16 -> 8 -> 4 pixels
     feature_dim: int = 128
@@ -36,13 +37,9 @@ class ClassifierConfig:
     class_names: tuple[str, ...] = CLASS_NAMES
     metrics: dict = field(default_factory=dict)  # e.g. test_accuracy, filled in by the trainer
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["channels"], d["class_names"] = list(self.channels), list(self.class_names)
-        return d
-
     @classmethod
     def from_dict(cls, d: dict) -> "ClassifierConfig":
+        """Lenient, unlike ConfigDict's: keys it does not know are ignored."""
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         for key in ("channels", "class_names"):
             if key in known:
@@ -88,11 +85,13 @@ class FashionMNISTClassifier(nn.Module):
 
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
         from safetensors.torch import save_file
+
+        from nextscale.checkpoints import CONFIG_NAME, WEIGHTS_NAME
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+        (folder / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(folder / "model.safetensors"))
+        save_file(state, str(folder / WEIGHTS_NAME))
         return folder
 
 
@@ -103,9 +102,9 @@ def shipped_classifier_path() -> Path:
 def load_classifier(path: str | os.PathLike | None = None, device: torch.device | str | None = None
                     ) -> FashionMNISTClassifier:
     """The Fashion-MNIST classifier in eval mode: the one shipped with the package, or a folder we wrote."""
-    from safetensors.torch import load_file
+    from nextscale.checkpoints import CONFIG_NAME, WEIGHTS_NAME, read_state_dict
     folder = Path(path) if path is not None else shipped_classifier_path()
-    config_file, weights_file = folder / "config.json", folder / "model.safetensors"
+    config_file, weights_file = folder / CONFIG_NAME, folder / WEIGHTS_NAME
     if not config_file.is_file() or not weights_file.is_file():
         where = "this installation of nextscale (reinstall it)" if path is None else str(folder)
         raise FileNotFoundError(f"no classifier in {where}: expected config.json and model.safetensors "
@@ -115,5 +114,5 @@ def load_classifier(path: str | os.PathLike | None = None, device: torch.device 
     except (json.JSONDecodeError, TypeError) as e:
         raise ValueError(f"{config_file} is not a classifier config: {e}") from None
     model = FashionMNISTClassifier(config)
-    model.load_state_dict(load_file(str(weights_file)))
+    model.load_state_dict(read_state_dict(weights_file))
     return model.to(device).eval() if device is not None else model.eval()

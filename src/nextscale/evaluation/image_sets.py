@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from nextscale.images import read_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CLASS_NAME_PATTERN = re.compile(r"^class(\d+)_")
@@ -75,11 +75,7 @@ def read_image_folder(folder: str | os.PathLike) -> ImageSet:
         raise ValueError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     arrays = []
     for path in files:
-        try:
-            with Image.open(path) as im:
-                arrays.append(np.asarray(im.convert("RGB")))
-        except OSError as e:
-            raise ValueError(f"cannot read image {path}: {e}") from None
+        arrays.append(np.asarray(read_image(path).convert("RGB")))  # ImageReadError is a ValueError
         if arrays[-1].shape != arrays[0].shape:
             raise ValueError(f"{folder}: images differ in size ({files[0].name} is {arrays[0].shape[1]}x"
                              f"{arrays[0].shape[0]}, {path.name} is {arrays[-1].shape[1]}x{arrays[-1].shape[0]})")

@@ -205,18 +205,11 @@ def load_inception(path: str | os.PathLike, device: torch.device | str | None = 
     if not path.is_file():
         raise FileNotFoundError(f"Inception weights file not found: {path} (the standard FID weights are "
                                 f"pytorch-fid's {INCEPTION_WEIGHTS_NAME})")
+    from nextscale.checkpoints import CheckpointError, read_state_dict
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated or foreign file: say which file, not a pickle traceback
+        state = read_state_dict(path)
+    except CheckpointError as e:  # a truncated or foreign file: say which file, not a pickle traceback
         raise ValueError(f"cannot read Inception weights from {path}: {e}") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict of Inception weights")
     model = FIDInceptionV3()
     expected = model.state_dict()
     # Files written before PyTorch 0.4.1 have no batch-norm step counters; they play no part in inference.

@@ -58,6 +58,8 @@ class VQVAEConfig(ConfigDict):
 class VQVAE(nn.Module):
     """Image <-> multi-scale token maps. Images are (B, 3, H, W) in [-1, 1]."""
 
+    model_type = "vqvae"  # written to config.json
+
     def __init__(self, config: VQVAEConfig | None = None, **overrides):
         super().__init__()
         config = dataclasses.replace(config or VQVAEConfig(), **overrides)

@@ -288,7 +288,7 @@ def build_model(mcfg: ModelConfig, vae, num_classes: int):
 def _load_initial_weights(model, path: str, vae) -> None:
     """Fine-tuning: copy the weights of a trained transformer; it must fit the tokenizer and the classes."""
     from nextscale.checkpoints import load_var
-    if getattr(model, "model_type", "var") != "var":
+    if model.model_type != "var":
         raise ConfigError("model.init_from is only supported for model.kind=var")
     try:
         src = load_var(path, patch_nums=model.patch_nums)
@@ -307,7 +307,7 @@ def _load_initial_weights(model, path: str, vae) -> None:
 
 def model_targets(model, vae, tokens_BL: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(model input, target tokens (B, L)) of a batch of concatenated token maps."""
-    if getattr(model, "model_type", "var") == "raster_ar":
+    if model.model_type == "raster_ar":
         return tokens_BL, tokens_BL
     with torch.no_grad():
         teacher_BLCv = vae.teacher_forcing_input(split_scales(tokens_BL, vae.patch_nums))
@@ -756,7 +756,7 @@ class _Trainer:
 def generate_images(model, labels, seed: int, cfg: float, top_k: int, top_p: float) -> torch.Tensor:
     """Images in [0, 1] from a VAR or the raster baseline (its tokenizer attached)."""
     device = next(model.parameters()).device
-    if getattr(model, "model_type", "var") == "raster_ar":
+    if model.model_type == "raster_ar":
         g = torch.Generator(device=device).manual_seed(seed)
         tokens = model.generate(torch.as_tensor(labels, device=device), g, cfg, top_k, top_p)
         vae = model.tokenizer

@@ -210,6 +210,8 @@ class AdaLNBeforeHead(nn.Module):
 class VAR(nn.Module):
     """Class-conditional next-scale prediction transformer."""
 
+    model_type = "var"  # written to config.json; the raster baseline says "raster_ar"
+
     def __init__(self, config: VARConfig | None = None, **overrides):
         super().__init__()
         config = dataclasses.replace(config or VARConfig(), **overrides)
