@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 import nextscale
 from nextscale.checkpoints import CheckpointError
 from nextscale.data.fashion_mnist import INSTALL_HINT, DatasetMissingError, load_fashion_mnist
-from nextscale.editing import inpaint_keep_mask, outpaint_keep_mask
+from nextscale.editing import inpaint_keep_mask, outpaint_keep_mask, shade_regenerated
 from nextscale.images import to_model_input, to_uint8_hwc
 from nextscale.sampling import seeded_generators
 
@@ -72,12 +72,6 @@ def tile(rows: list[np.ndarray], row_labels: list[str] | None = None, col_labels
             tile_im = Image.fromarray(im).resize((w, h), Image.NEAREST)
             canvas.paste(tile_im, (left + pad + c * (w + pad), y))
     return canvas
-
-
-def shade_regenerated(image_13HW: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """Darken the region that is going to be regenerated, to show the mask."""
-    shade = torch.nn.functional.interpolate(keep[None, None], size=image_13HW.shape[-2:], mode="nearest")[0]
-    return image_13HW * (0.25 + 0.75 * shade) + (1 - shade) * torch.tensor([0.0, 0.0, 0.35]).view(3, 1, 1)
 
 
 def main(argv=None) -> int:

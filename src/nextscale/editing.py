@@ -61,6 +61,13 @@ def per_scale_keep(keep_mask: torch.Tensor, patch_nums: Sequence[int]) -> list[t
     return masks
 
 
+def shade_regenerated(image_13HW: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Darken the region that is going to be regenerated, to show the mask
+    (image (3, H, W) in [0, 1]; keep: the token-grid keep mask, 1 = kept)."""
+    shade = torch.nn.functional.interpolate(keep[None, None], size=image_13HW.shape[-2:], mode="nearest")[0]
+    return image_13HW * (0.25 + 0.75 * shade) + (1 - shade) * torch.tensor([0.0, 0.0, 0.35]).view(3, 1, 1)
+
+
 @torch.no_grad()
 def edit(var: VAR, image, keep_mask: torch.Tensor, labels=None, seed: int | None = None, cfg: float = 3.0,
          top_k: int = 0, top_p: float = 0.0, more_smooth: bool = False,

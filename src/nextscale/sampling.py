@@ -224,7 +224,8 @@ def seeded_generators(seeds: Sequence[int], device: torch.device | str = "cpu") 
 @torch.no_grad()
 def sample(var: VAR, labels=None, seed: int | None = None, cfg: float = 1.5, top_k: int = 0, top_p: float = 0.0,
            more_smooth: bool = False, batch_size: int | None = None, generator: Generators = None,
-           num_samples: int | None = None, progress: bool = False, precision: str = "float32") -> SampleOutput:
+           num_samples: int | None = None, progress: bool = False, precision: str = "float32",
+           on_scale: Callable[[int, list[torch.Tensor]], None] | None = None) -> SampleOutput:
     """Generate images.
 
     labels: list/tensor of class ids (the null class `var.num_classes` samples unconditionally), or
@@ -240,6 +241,9 @@ def sample(var: VAR, labels=None, seed: int | None = None, cfg: float = 1.5, top
     and decoder under autocast (a GPU, or a CPU with bf16 matrix units); "int8" (CPU only) runs the
     transformer blocks' linear layers with dynamic int8 quantization (a quantized copy of `var` is
     made on first use and cached while its weights are unchanged).
+
+    on_scale: called after each scale of each batch with the batch's token maps so far, as in
+    `generate_tokens` (e.g. to show the images coarse to fine).
     """
     device = var.pos_1LC.device
     validate_sampling_args(var.num_classes, None, cfg, top_k, top_p)
@@ -270,12 +274,19 @@ def sample(var: VAR, labels=None, seed: int | None = None, cfg: float = 1.5, top
         from tqdm.auto import tqdm
         bar = tqdm(total=len(starts) * len(var.patch_nums), desc="sampling", unit="scale")
     model = _int8_copy(var) if precision == "int8" else var
+
+    def report(si: int, tokens_so_far: list[torch.Tensor]) -> None:
+        if bar is not None:
+            bar.update(1)
+        if on_scale is not None:
+            on_scale(si, tokens_so_far)
+
     images, token_lists = [], []
     for i in starts:
         gen_b = generator[i:i + batch_size] if per_image else generator
         with low_precision:
             toks, f_hat = generate_tokens(model, labels_B[i:i + batch_size], gen_b, cfg, top_k, top_p, more_smooth,
-                                          on_scale=(lambda *_: bar.update(1)) if bar else None)
+                                          on_scale=report)
             images.append(vae.decode_fhat(f_hat).float().add(1).mul(0.5))
         token_lists.append(toks)
     if bar:

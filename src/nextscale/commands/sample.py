@@ -32,9 +32,14 @@ def add_sampling_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
 
 
+def recommended_sampling(var) -> dict:
+    """cfg/top-k/top-p: the model's recommendation, else the published FID settings."""
+    return {**DEFAULT_SAMPLING, **getattr(var, "extra_config", {}).get("sampling", {})}
+
+
 def sampling_settings(args, var) -> dict:
     """cfg/top-k/top-p: the command line, else the model's recommendation, else the published FID ones."""
-    recommended = {**DEFAULT_SAMPLING, **getattr(var, "extra_config", {}).get("sampling", {})}
+    recommended = recommended_sampling(var)
     settings = {k: getattr(args, k) if getattr(args, k) is not None else recommended[k] for k in DEFAULT_SAMPLING}
     from nextscale.sampling import validate_sampling_args
     validate_sampling_args(var.num_classes, None, settings["cfg"], settings["top_k"], settings["top_p"])

@@ -26,7 +26,7 @@ class TimeLimitExceeded(Exception):
 
 
 class Job:
-    def __init__(self, kind: str, work: Callable[["Job"], None], num_scales: int):
+    def __init__(self, kind: str, work: Callable[["Job"], None], num_scales: int, time_limit: float):
         self.id = secrets.token_hex(8)  # not guessable: one client cannot read another's job by counting
         self.kind = kind
         self.work = work
@@ -35,14 +35,13 @@ class Job:
         self.scales: list[dict] = []  # one entry per finished scale, coarse to fine
         self.result: dict | None = None
         self.error: str | None = None
-        self.deadline = float("inf")
-        self.time_limit = float("inf")
+        self.time_limit = time_limit  # seconds from `started`
         self.started = self.finished = None
 
     def add_scale(self, entry: dict) -> None:
         """Record a finished scale; raise TimeLimitExceeded past the deadline."""
         self.scales.append(entry)
-        if time.monotonic() > self.deadline and len(self.scales) < self.num_scales:
+        if time.monotonic() - self.started > self.time_limit and len(self.scales) < self.num_scales:
             raise TimeLimitExceeded(f"stopped after scale {len(self.scales)} of {self.num_scales}: the time limit "
                                     f"of {self.time_limit:g} s per request was reached (the server's --time-limit)")
 
@@ -54,13 +53,12 @@ class JobQueue:
         self.keep = keep  # finished jobs kept for their clients to read (they hold images: not many)
         self.jobs: OrderedDict[str, Job] = OrderedDict()
         self.waiting: deque[Job] = deque()
-        self.running: Job | None = None
         self.cond = threading.Condition()
         self.thread: threading.Thread | None = None
         self.stopping = False
 
     def submit(self, kind: str, work: Callable[[Job], None], num_scales: int) -> Job:
-        job = Job(kind, work, num_scales)
+        job = Job(kind, work, num_scales, self.time_limit)
         with self.cond:
             if len(self.waiting) >= self.max_waiting:
                 raise QueueFull(f"{len(self.waiting)} requests are already waiting (the server's --max-queue): "
@@ -110,11 +108,9 @@ class JobQueue:
                     self.cond.wait()
                 if self.stopping:
                     return
-                job = self.running = self.waiting.popleft()
+                job = self.waiting.popleft()
                 job.status = "running"
                 job.started = time.monotonic()
-                job.time_limit = self.time_limit
-                job.deadline = job.started + self.time_limit
             try:
                 job.work(job)
                 status, error = "done", None
@@ -127,4 +123,3 @@ class JobQueue:
                 job.status, job.error = status, error
                 job.work = None  # frees the request's inputs
                 job.finished = time.monotonic()
-                self.running = None

@@ -10,10 +10,10 @@ import torch
 
 import nextscale
 from nextscale.commands.common import UserError, autocast_context
-from nextscale.commands.sample import DEFAULT_SAMPLING, parse_classes
-from nextscale.editing import inpaint_keep_mask, outpaint_keep_mask
+from nextscale.commands.sample import parse_classes, recommended_sampling
+from nextscale.editing import inpaint_keep_mask, outpaint_keep_mask, shade_regenerated
 from nextscale.images import make_grid, pil_to_tensor, to_model_input, to_uint8_hwc
-from nextscale.sampling import generate_tokens, seeded_generators
+from nextscale.sampling import seeded_generators
 from nextscale.serve.inputs import (RequestError, decode_data_url, decode_image, get_bool, get_box, get_choice,
                                     get_float, get_int, png_data_url)
 from nextscale.serve.jobs import Job
@@ -40,9 +40,8 @@ class ModelRunner:
         self.max_images = max_images
         self.max_upload_bytes = max_upload_bytes
         self.max_pixels = max_pixels
-        extra = getattr(var, "extra_config", {})
-        self.class_names = list(extra.get("class_names") or [])
-        self.defaults = {**DEFAULT_SAMPLING, **extra.get("sampling", {})}
+        self.class_names = list(getattr(var, "extra_config", {}).get("class_names") or [])
+        self.defaults = recommended_sampling(var)
 
     def info(self) -> dict:
         return {"model": self.name, "resolution": self.vae.resolution, "patch_nums": list(self.var.patch_nums),
@@ -98,27 +97,19 @@ class ModelRunner:
         label = self.label(body.get("class"))
         gen_device = "cpu" if self.device.type == "cpu" else self.device
 
-        @torch.no_grad()
         def work(job: Job) -> None:
-            generators = seeded_generators(range(seed, seed + n), gen_device)
-            if label is None:  # uniformly drawn classes, as `nextscale sample --num-images` draws them
-                uniform = torch.full((self.var.num_classes,), 1.0 / self.var.num_classes, device=self.device)
-                labels = torch.cat([torch.multinomial(uniform, 1, generator=g) for g in generators])
-            else:
-                labels = torch.full((n,), label, dtype=torch.long, device=self.device)
-            with autocast_context(self.device, self.dtype):
-                _, f_hat = generate_tokens(self.var, labels, generators, on_scale=self._scale_reporter(job),
-                                           **settings)
-                images = self.vae.decode_fhat(f_hat).float().add(1).mul(0.5)
-            urls = self._finish(job, images)
-            job.result = {"grid": png_data_url(make_grid(images.cpu(), ncols=min(n, 8))), "images": urls,
-                          "labels": labels.tolist(), "seeds": list(range(seed, seed + n)),
+            # labels None: drawn uniformly per image, as `nextscale sample --num-images` draws them
+            out = nextscale.sample(self.var, None if label is None else [label] * n,
+                                   generator=seeded_generators(range(seed, seed + n), gen_device),
+                                   precision=self.dtype, on_scale=self._scale_reporter(job), **settings)
+            urls = self._finish(job, out.images)
+            job.result = {"grid": png_data_url(make_grid(out.images.cpu(), ncols=min(n, 8))), "images": urls,
+                          "labels": out.labels.tolist(), "seeds": list(range(seed, seed + n)),
                           "settings": {k: settings[k] for k in ("cfg", "top_k", "top_p")}}
         return work, len(self.var.patch_nums)
 
     def edit(self, body: dict):
         """-> (work, number of scales) for an edit request."""
-        from nextscale.demo import shade_regenerated
         settings = self.settings(body)
         seed = get_int(body, "seed", 0, 0, MAX_SEED - self.max_images)
         n = get_int(body, "num_images", 1, 1, self.max_images)
