@@ -36,11 +36,10 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    from nextscale.commands.train import split_config_and_overrides
     from nextscale.training.config import config_to_dict, load_config
     from nextscale.training.tokenizer_trainer import TokenizerTrainConfig, train_tokenizer
-    config, overrides = args.config, list(args.overrides)
-    if config is not None and "=" in config and not config.endswith((".yaml", ".yml")):
-        config, overrides = None, [config] + overrides
+    config, overrides = split_config_and_overrides(args)
     cfg = load_config(TokenizerTrainConfig, config, overrides)
     if args.print_config:
         import yaml

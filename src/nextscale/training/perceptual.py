@@ -31,6 +31,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nextscale.checkpoints import read_state_dict
+
 # VGG16 convolutions (out channels) per block; features are taken after the last ReLU of each block.
 VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 TORCHVISION_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)  # in torchvision's `features`
@@ -94,13 +96,6 @@ def find_lpips_heads() -> Path | None:
     return _package_file("lpips", LPIPS_HEADS)
 
 
-def _read_torch_file(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(path))
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def load_vgg16_weights(model: VGG16Features, path: str | os.PathLike) -> str:
     """Fill `model` from a torchvision-format or Keras/HED .h5 file; returns the input convention."""
     path = Path(path)
@@ -124,7 +119,7 @@ def load_vgg16_weights(model: VGG16Features, path: str | os.PathLike) -> str:
                     model.convs[i].bias.data.copy_(torch.from_numpy(f[name]["1"][()]))
                     i += 1
         return "caffe_bgr"
-    sd = _read_torch_file(path)
+    sd = read_state_dict(path)
     for i, idx in enumerate(TORCHVISION_CONV_INDICES):
         for kind in ("weight", "bias"):
             key = next((k for k in (f"features.{idx}.{kind}", f"net.features.{idx}.{kind}") if k in sd), None)
@@ -144,7 +139,7 @@ def load_lpips_heads(path: str | os.PathLike) -> list[torch.Tensor]:
             data = z.read("lpips/" + LPIPS_HEADS)
         sd = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     else:
-        sd = _read_torch_file(path)
+        sd = read_state_dict(path)
     try:
         return [sd[f"lin{i}.model.1.weight"].flatten().float() for i in range(5)]
     except KeyError:

@@ -375,7 +375,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> dict:
     start_time = time.time()
     batches = _infinite_batches(loader, sampler, per_rank_batch, epoch, batch_in_epoch)
     bar = progress_bar(total=cfg.steps, initial=step, desc="train-tokenizer", enabled=main)
-    last_psnr = float("nan")
+    last_eval = None  # (step, held-out PSNR): the final summary reuses it when taken at the last step
     epoch_now, batch_now = epoch, batch_in_epoch
     images_seen_since_log, log_clock = 0, time.time()
     sums: dict[str, float] = {}
@@ -478,8 +478,8 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> dict:
                 usage = usage_per_scale(vae, cfg.codebook.usage_threshold)
                 record.update({f"usage_scale{si + 1}": u for si, u in enumerate(usage)})
                 if cfg.eval_every > 0 and step % cfg.eval_every == 0 and eval_images is not None:
-                    last_psnr = evaluate_psnr(vae, eval_images)
-                    record["eval_psnr"] = last_psnr
+                    last_eval = (step, evaluate_psnr(vae, eval_images))
+                    record["eval_psnr"] = last_eval[1]
                 metrics.log(step, **record)
                 sums, images_seen_since_log, log_clock = {}, 0, now
                 if main:
@@ -500,7 +500,8 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> dict:
                "usage_per_scale": usage_per_scale(vae, cfg.codebook.usage_threshold),
                "vae": vae, "discriminator": disc}
     if main and eval_images is not None:
-        summary["eval_psnr"] = evaluate_psnr(vae, eval_images)
+        summary["eval_psnr"] = (last_eval[1] if last_eval is not None and last_eval[0] == step
+                                else evaluate_psnr(vae, eval_images))
     if main:
         keys = ["rec_loss", "vq_loss", "train_psnr", "eval_psnr", f"usage_scale{len(cfg.model.patch_nums)}"]
         keys += [k for k in ("perceptual_loss", "g_loss", "d_loss") if k in sums or _logged(out_dir, k)]

@@ -404,9 +404,10 @@ class StopRequested:
 
     def agreed(self, device) -> int:
         """The signal number if any rank got one (all ranks learn it at the same step), else 0."""
+        if not D.is_distributed():
+            return self.signum
         flag = torch.tensor([self.signum], dtype=torch.long, device=device)  # nccl reduces GPU tensors only
-        if D.is_distributed():
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         return int(flag.item())
 
 
