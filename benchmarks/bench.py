@@ -35,7 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 import nextscale
 from nextscale.baseline.raster_ar import RasterAR, RasterARConfig
-from nextscale.sampling import draw_tokens, filter_logits, generate_tokens, make_generator, quantize_int8
+from nextscale.sampling import generate_tokens, make_generator, quantize_int8
 from nextscale.tokenizer.vqvae import PATCH_NUMS_256, PATCH_NUMS_512
 
 # Ten scales ending at each final token grid: the paper's 256px and 512px schedules, and two in between.
@@ -255,44 +255,36 @@ def bench_var_sampling(var, vae, batch: int, device, repeats: int, seed=0) -> di
 
 # ---------------------------------------------------------------------------------------- 3. no KV cache
 @torch.no_grad()
-def generate_tokens_without_cache(var, labels_B, generator, cfg, top_k, top_p):
-    """`generate_tokens` (not smooth, no editing) recomputing the whole prefix at every scale."""
-    quantizer = var.tokenizer.quantize
-    B, K = labels_B.shape[0], len(var.patch_nums)
-    labels_2B = torch.cat((labels_B, torch.full_like(labels_B, var.num_classes)))
-    cond_2BD = var.class_emb(labels_2B)
-    mods = var.block_modulations(cond_2BD)
-    inputs = [var.first_scale_input(cond_2BD)]
-    f_hat = quantizer.embedding.weight.new_zeros(B, quantizer.channels, var.patch_nums[-1], var.patch_nums[-1])
-    tokens, end = [], 0
-    for si, pn in enumerate(var.patch_nums):
-        end += pn * pn
-        x_2BLC = torch.cat(inputs, dim=1)
+def generate_tokens_without_cache(var, labels_B, generator, **sampling):
+    """`generate_tokens` with the KV cache replaced by recomputing the whole prefix at every scale: the
+    sampler itself runs, with `var.forward_scale` swapped on the instance for a cacheless one."""
+    inputs = []
+
+    def forward_scale_recomputing(x_BlC, cond_BD, mods, _kv_cache):
+        inputs.append(x_BlC)
+        x_BLC = torch.cat(inputs, dim=1)
+        end = x_BLC.shape[1]
         for block, mod in zip(var.blocks, mods):
-            x_2BLC = block(x_2BLC, mod, var.attn_bias_for_masking[:, :, :end, :end])
-        logits_2BlV = var.logits(x_2BLC[:, end - pn * pn:], cond_2BD)
-        t = cfg * si / (K - 1)
-        logits_BlV = (1 + t) * logits_2BlV[:B] - t * logits_2BlV[B:]
-        filter_logits(logits_BlV, top_k, top_p)
-        idx_Bl = draw_tokens(logits_BlV.softmax(dim=-1), generator)
-        tokens.append(idx_Bl)
-        h_BChw = quantizer.embedding(idx_Bl).transpose(1, 2).reshape(B, quantizer.channels, pn, pn)
-        f_hat, next_input = quantizer.add_scale(f_hat, h_BChw, si)
-        if next_input is not None:
-            inputs.append(var.embed_scale_input(next_input, si + 1).repeat(2, 1, 1))
-    return tokens, f_hat
+            x_BLC = block(x_BLC, mod, var.attn_bias_for_masking[:, :, :end, :end])
+        return var.logits(x_BLC[:, end - x_BlC.shape[1]:], cond_BD)
+
+    var.forward_scale = forward_scale_recomputing  # an instance attribute shadows the method
+    try:
+        return generate_tokens(var, labels_B, generator, **sampling)
+    finally:
+        del var.forward_scale
 
 
 def bench_kv_cache(var, device, repeats: int, seed=0) -> dict:
     labels = labels_for(1, device)
     gen_device = "cpu" if device.type == "cpu" else device
+    with_cache = lambda: generate_tokens(var, labels, make_generator(seed, gen_device), **SAMPLING)
+    without_cache = lambda: generate_tokens_without_cache(var, labels, make_generator(seed, gen_device), **SAMPLING)
     with torch.no_grad():
-        flops_on, (tokens_on, _) = count_flops(lambda: generate_tokens(var, labels, make_generator(seed, gen_device), **SAMPLING))
-        flops_off, (tokens_off, _) = count_flops(
-            lambda: generate_tokens_without_cache(var, labels, make_generator(seed, gen_device), **SAMPLING))
-        t_on, _ = timed(lambda: generate_tokens(var, labels, make_generator(seed, gen_device), **SAMPLING), device, repeats)
-        t_off, _ = timed(lambda: generate_tokens_without_cache(var, labels, make_generator(seed, gen_device), **SAMPLING),
-                         device, repeats)
+        flops_on, (tokens_on, _) = count_flops(with_cache)
+        flops_off, (tokens_off, _) = count_flops(without_cache)
+        t_on, _ = timed(with_cache, device, repeats)
+        t_off, _ = timed(without_cache, device, repeats)
     return {"batch": 1, "transformer_seconds_with_cache": t_on, "transformer_seconds_without_cache": t_off,
             "speedup": t_off / t_on, "gflop_with_cache": flops_on / 1e9, "gflop_without_cache": flops_off / 1e9,
             "token_agreement": token_agreement(tokens_on, tokens_off)}
@@ -318,13 +310,14 @@ def bench_var_vs_ar(grids, device, repeats: int, ar_repeats: int, seed=0) -> lis
     for grid in grids:
         var, vae = build_models(device, SCHEDULES[grid])
         labels = labels_for(1, device)
+        sample_tokens = lambda: generate_tokens(var, labels, make_generator(seed, gen_device), **SAMPLING)
         with torch.no_grad():
-            var_flops, (_, f_hat) = count_flops(lambda: generate_tokens(var, labels, make_generator(seed, gen_device), **SAMPLING))
-            t_var, _ = timed(lambda: generate_tokens(var, labels, make_generator(seed, gen_device), **SAMPLING), device, repeats)
+            var_flops, (_, f_hat) = count_flops(sample_tokens)
+            t_var, _ = timed(sample_tokens, device, repeats)
             vae.decode_fhat(f_hat)
             t_dec, _ = timed(lambda: vae.decode_fhat(f_hat), device, repeats)
             ar = build_raster_ar(var, grid, device)
-            del var
+            del var, sample_tokens
             gen = make_generator(seed, gen_device)
             t_ar, _ = timed(lambda: ar.generate(labels, gen, **SAMPLING), device, ar_repeats)
         rows.append({
@@ -387,9 +380,9 @@ def precision_options(device) -> list[str]:
     return ["int8", "bfloat16"] if device.type == "cpu" else ["bfloat16", "float16"]
 
 
-def quality_against_exact(var, labels, seeds, precision, sampling) -> dict:
-    """Token agreement and pixel PSNR of `precision` against the float32 path, same labels and seeds."""
-    exact = [nextscale.sample(var, labels, seed=s, **sampling) for s in seeds]
+def quality_against_exact(var, labels, seeds, precision, sampling, exact) -> dict:
+    """Token agreement and pixel PSNR of `precision` against `exact` (the float32 samples of the same
+    labels and seeds)."""
     fast = [nextscale.sample(var, labels, seed=s, precision=precision, **sampling) for s in seeds]
     db = psnr(torch.cat([a.images for a in exact]), torch.cat([b.images for b in fast]))
     return {"token_agreement": sum(token_agreement(a.tokens, b.tokens) for a, b in zip(exact, fast)) / len(seeds),
@@ -410,6 +403,12 @@ def bench_precision_options(var, device, repeats: int, seeds=(0, 1)) -> list[dic
     except (nextscale.CheckpointError, OSError) as e:
         log(f"  no trained model for the quality measurement ({e})")
         trained = None
+    # The exact samples every inexact precision is compared with, drawn once.
+    trained_labels, trained_seeds = list(range(10)), (0, 1, 2)
+    trained_sampling = trained.extra_config.get("sampling", {}) if trained is not None else {}
+    exact_random = [nextscale.sample(var, labels, seed=s, **SAMPLING) for s in seeds]
+    exact_trained = [nextscale.sample(trained, trained_labels, seed=s, **trained_sampling)
+                     for s in trained_seeds] if trained is not None else None
     for precision in precision_options(device):
         row = {"precision": precision}
         try:
@@ -422,10 +421,10 @@ def bench_precision_options(var, device, repeats: int, seeds=(0, 1)) -> list[dic
         row["seconds_per_image"], _ = timed(
             lambda: nextscale.sample(var, labels, seed=seeds[0], precision=precision, **SAMPLING), device, repeats)
         row["speedup"] = t_exact / row["seconds_per_image"]
-        row["var_d16_random"] = quality_against_exact(var, labels, seeds, precision, SAMPLING)
+        row["var_d16_random"] = quality_against_exact(var, labels, seeds, precision, SAMPLING, exact_random)
         if trained is not None:
             row["fashion_mnist_trained"] = quality_against_exact(
-                trained, list(range(10)), (0, 1, 2), precision, trained.extra_config.get("sampling", {}))
+                trained, trained_labels, trained_seeds, precision, trained_sampling, exact_trained)
         rows.append(row)
         log(f"  {precision}: {row['seconds_per_image']:.2f}s per image")
     return rows
