@@ -1,7 +1,6 @@
 """Checkpoint loading: presets vs the published manifest, our format, and bad files."""
 
 import json
-import pickle
 from pathlib import Path
 
 import pytest

@@ -1,6 +1,5 @@
 """Shared training infrastructure: configs, checkpoints, metrics, datasets and transforms."""
 
-import json
 import random
 import warnings
 from dataclasses import dataclass, field

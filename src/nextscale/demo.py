@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 
 import nextscale
 from nextscale.checkpoints import CheckpointError
-from nextscale.data.fashion_mnist import INSTALL_HINT, DatasetMissingError, load_fashion_mnist
+from nextscale.data.fashion_mnist import DatasetMissingError, load_fashion_mnist
 from nextscale.editing import inpaint_keep_mask, outpaint_keep_mask, shade_regenerated
 from nextscale.images import to_model_input, to_uint8_hwc
 from nextscale.sampling import seeded_generators

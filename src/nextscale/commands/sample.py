@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from nextscale.commands.common import UserError, add_device_args, add_model_args, load_model, resolve_device
 

@@ -21,11 +21,14 @@ over ranks is the single-process order, so a 2-process run of batch b per rank m
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, DistributedSampler
+
+from nextscale.training.checkpointing import capture_rng_state
 
 
 @dataclass
@@ -147,3 +150,44 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
             model = model._orig_mod
         else:
             return model
+
+
+def gather_rng_states(generators: dict[str, torch.Generator] | None = None) -> list[dict]:
+    """Every rank's random state (with `generators`), in rank order: each rank resumes its own stream."""
+    state = capture_rng_state(generators)
+    if not is_distributed():
+        return [state]
+    states = [None] * get_world_size()
+    dist.all_gather_object(states, state)
+    return states
+
+
+class StopRequested:
+    """SIGTERM / SIGINT set a flag; the loop checkpoints after the current step and exits."""
+
+    def __init__(self):
+        self.signum = 0
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: no signal handling
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def agreed(self, device) -> int:
+        """The signal number if any rank got one (all ranks learn it at the same step), else 0."""
+        if not is_distributed():
+            return self.signum
+        flag = torch.tensor([self.signum], dtype=torch.long, device=device)  # nccl reduces GPU tensors only
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item())

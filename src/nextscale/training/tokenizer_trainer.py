@@ -19,7 +19,6 @@ export/ (the inference format: `VQVAE.from_pretrained(out_dir/export)`), curves.
 from __future__ import annotations
 
 import math
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,7 @@ from torch.utils.data import DataLoader
 from nextscale.data.datasets import DataConfig, build_dataset
 from nextscale.tokenizer.vqvae import VQVAE, VQVAEConfig
 from nextscale.training import distributed as dist_utils
-from nextscale.training.checkpointing import CheckpointManager, capture_rng_state, load_checkpoint, restore_rng_state
+from nextscale.training.checkpointing import CheckpointManager, load_checkpoint, restore_rng_state
 from nextscale.training.config import save_config
 from nextscale.training.discriminator import PatchDiscriminator
 from nextscale.training.losses import (adaptive_gan_weight, hinge_discriminator_loss, hinge_generator_loss, psnr,
@@ -189,29 +188,6 @@ def evaluate_psnr(vae: VQVAE, images_BChw: torch.Tensor, batch_size: int = 128) 
     return torch.cat(values).mean().item()
 
 
-class _StopRequested:
-    """SIGTERM / SIGINT set a flag; the loop checkpoints and exits at the end of the step."""
-
-    def __init__(self):
-        self.flag = False
-        self._previous = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        self.flag = True
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
 class _ResumableSampler(torch.utils.data.Sampler):
     """This rank's indices of a seeded DistributedSampler epoch, optionally starting part-way in (resume)."""
 
@@ -356,11 +332,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> dict:
 
     def save(step_now: int) -> None:
         # Every rank's random state is gathered so that each resumes its own stream.
-        rng_states = [capture_rng_state({"restart": restart_gen})]
-        if dist_utils.is_distributed():
-            gathered = [None] * info.world_size
-            torch.distributed.all_gather_object(gathered, rng_states[0])
-            rng_states = gathered
+        rng_states = dist_utils.gather_rng_states({"restart": restart_gen})
         if not main:
             return
         state = {"vae": vae.state_dict(), "opt_g": opt_g.state_dict(), "scaler": scaler.state_dict(),
@@ -379,7 +351,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> dict:
     epoch_now, batch_now = epoch, batch_in_epoch
     images_seen_since_log, log_clock = 0, time.time()
     sums: dict[str, float] = {}
-    with _StopRequested() as stop:
+    with dist_utils.StopRequested() as stop:
         while step < cfg.steps:
             epoch_now, batch_idx, (img, _labels) = next(batches)
             img = img.to(device, non_blocking=True)
@@ -487,7 +459,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> dict:
                                      "use": f"{usage[-1]:.2f}"}, refresh=True)
             elapsed_min = (elapsed_before + time.time() - start_time) / 60
             out_of_time = cfg.time_limit_minutes > 0 and elapsed_min >= cfg.time_limit_minutes
-            out_of_time, stop_now = dist_utils.broadcast_object((out_of_time, stop.flag))
+            out_of_time, stop_now = dist_utils.broadcast_object((out_of_time, bool(stop.signum)))
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or out_of_time or stop_now:
                 save(step)
             if out_of_time or stop_now:

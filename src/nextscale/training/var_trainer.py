@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import signal
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ import torch.nn.functional as F
 
 from nextscale.data.datasets import DataConfig, build_dataset
 from nextscale.training import distributed as D
-from nextscale.training.checkpointing import CheckpointManager, capture_rng_state, load_checkpoint, restore_rng_state
+from nextscale.training.checkpointing import CheckpointManager, load_checkpoint, restore_rng_state
 from nextscale.training.config import ConfigError, config_to_dict, from_dict, load_config, save_config
 from nextscale.training.metrics import MetricsLogger, plot_curves, progress_bar
 from nextscale.training.optim import build_adamw, build_scheduler, scaled_lr
@@ -367,48 +366,8 @@ def _load_state_dicts(model, optimizer, model_sd, optim_sd) -> None:
                    options=StateDictOptions(full_state_dict=True))
 
 
-def _gather_rng_states() -> list[dict]:
-    state = capture_rng_state()
-    if not D.is_distributed():
-        return [state]
-    states = [None] * D.get_world_size()
-    torch.distributed.all_gather_object(states, state)
-    return states
-
-
 class LossNotFinite(ValueError):
     """Training diverged (reported as a one-line error by the command line)."""
-
-
-class StopRequested:
-    """SIGTERM / SIGINT set a flag; the loop checkpoints after the current step and exits."""
-
-    def __init__(self):
-        self.signum = 0
-        self._previous = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: no signal handling
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        self.signum = signum
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def agreed(self, device) -> int:
-        """The signal number if any rank got one (all ranks learn it at the same step), else 0."""
-        if not D.is_distributed():
-            return self.signum
-        flag = torch.tensor([self.signum], dtype=torch.long, device=device)  # nccl reduces GPU tensors only
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return int(flag.item())
 
 
 # ============================================================================ the loop
@@ -576,7 +535,7 @@ class _Trainer:
 
     def save_checkpoint(self) -> Path | None:
         model_sd, optim_sd = _state_dicts(self.model, self.optimizer, self.cfg.parallel)
-        rng = _gather_rng_states()
+        rng = D.gather_rng_states()
         path = None
         if self.main:
             state = {"model": model_sd, "optimizer": optim_sd, "scheduler": self.scheduler.state_dict(),
@@ -703,7 +662,7 @@ class _Trainer:
         window_start, window_steps = time.perf_counter(), 0
         stats = self.new_stats()  # summed over the steps since the last log line
         last_record: dict = {}
-        with StopRequested() as stop:
+        with D.StopRequested() as stop:
             while self.step < self.total_steps:
                 grad_norm = self.train_step(stats)
                 window_steps += 1
