@@ -350,7 +350,9 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> dict:
     last_eval = None  # (step, held-out PSNR): the final summary reuses it when taken at the last step
     epoch_now, batch_now = epoch, batch_in_epoch
     images_seen_since_log, log_clock = 0, time.time()
-    sums: dict[str, float] = {}
+    # Per-step values stay on the device (float64 sums) and are read once per log interval: reading
+    # them every step would make a GPU wait for every step to finish.
+    sums: dict[str, torch.Tensor | int] = {}
     with dist_utils.StopRequested() as stop:
         while step < cfg.steps:
             epoch_now, batch_idx, (img, _labels) = next(batches)
@@ -365,11 +367,11 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> dict:
                 rec, vq_loss, tokens, f = model(img)
                 rec_loss = reconstruction_loss(rec.float(), img, cfg.loss.reconstruction)
                 nll = cfg.loss.reconstruction_weight * rec_loss
-                logs = {"rec_loss": rec_loss.item(), "vq_loss": vq_loss.item()}
+                logs = {"rec_loss": rec_loss.detach(), "vq_loss": vq_loss.detach()}
                 if perceptual is not None:
                     p_loss = perceptual(rec.float(), img).mean()
                     nll = nll + cfg.loss.perceptual_weight * p_loss
-                    logs["perceptual_loss"] = p_loss.item()
+                    logs["perceptual_loss"] = p_loss.detach()
                 loss = nll + cfg.loss.codebook_weight * vq_loss
                 if gan_on:
                     # Score with the plain module and frozen parameters: no discriminator gradients here.
@@ -382,12 +384,12 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> dict:
                     else:
                         weight = torch.ones(())
                     loss = loss + cfg.loss.gan_weight * weight * g_loss
-                    logs["g_loss"], logs["gan_adaptive_weight"] = g_loss.item(), weight.item()
+                    logs["g_loss"], logs["gan_adaptive_weight"] = g_loss.detach(), weight.detach()
             opt_g.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if cfg.optim.grad_clip > 0:
                 scaler.unscale_(opt_g)
-                logs["grad_norm"] = nn.utils.clip_grad_norm_(vae.parameters(), cfg.optim.grad_clip).item()
+                logs["grad_norm"] = nn.utils.clip_grad_norm_(vae.parameters(), cfg.optim.grad_clip)
             scaler.step(opt_g)
 
             # ---- discriminator step
@@ -401,8 +403,8 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> dict:
                 opt_d.zero_grad(set_to_none=True)
                 scaler.scale(d_loss).backward()
                 scaler.step(opt_d)
-                logs["d_loss"] = d_loss.item()
-                logs["logits_real"], logs["logits_fake"] = logits_real.mean().item(), logits_fake.mean().item()
+                logs["d_loss"] = d_loss.detach()
+                logs["logits_real"], logs["logits_fake"] = logits_real.detach().mean(), logits_fake.detach().mean()
             scaler.update()
             step += 1
             batch_now = batch_idx + 1
@@ -428,18 +430,13 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> dict:
 
             # ---- logging
             for k, v in logs.items():
-                sums[k] = sums.get(k, 0.0) + v
+                sums[k] = sums.get(k, 0) + (v.double() if isinstance(v, torch.Tensor) else v)
             images_seen_since_log += cfg.batch_size
-            batch_psnr = 10 * math.log10(4.0 / max(logs["rec_loss"], 1e-10)) if cfg.loss.reconstruction == "l2" else None
             if main:
-                postfix = {"rec": f"{logs['rec_loss']:.4f}", "vq": f"{logs['vq_loss']:.4f}"}
-                if batch_psnr is not None:
-                    postfix["psnr"] = f"{batch_psnr:.1f}"
-                bar.set_postfix(postfix, refresh=False)
                 bar.update(1)
             if step % cfg.log_every == 0 or step == cfg.steps:
                 n_steps = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
-                record = {k: v / n_steps for k, v in sums.items() if k != "codes_restarted"}
+                record = {k: float(v) / n_steps for k, v in sums.items() if k != "codes_restarted"}
                 if "codes_restarted" in sums:
                     record["codes_restarted"] = sums["codes_restarted"]
                 now = time.time()
@@ -455,6 +452,9 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> dict:
                 metrics.log(step, **record)
                 sums, images_seen_since_log, log_clock = {}, 0, now
                 if main:
+                    postfix = {"rec": f"{record['rec_loss']:.4f}", "vq": f"{record['vq_loss']:.4f}"}
+                    if "train_psnr" in record:
+                        postfix["psnr"] = f"{record['train_psnr']:.1f}"
                     bar.set_postfix({**postfix, "img/s": f"{record['images_per_s']:.0f}",
                                      "use": f"{usage[-1]:.2f}"}, refresh=True)
             elapsed_min = (elapsed_before + time.time() - start_time) / 60
