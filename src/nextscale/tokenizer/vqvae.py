@@ -146,8 +146,12 @@ class VQVAE(nn.Module):
         """Token maps -> transformer input (B, L - 1, Cvae)."""
         return self.quantize.teacher_forcing_input(tokens)
 
-    def forward(self, img_BChw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-        """Training pass: (reconstruction, codebook+commitment loss, tokens). Not clamped."""
-        f = self.encode_latent(img_BChw)
-        f_hat, vq_loss, tokens = self.quantize(f)
-        return self.decoder(self.post_quant_conv(f_hat)), vq_loss, tokens
+    def forward(self, img_BChw: torch.Tensor, return_latent: bool = False) -> tuple:
+        """Training pass: (reconstruction, codebook+commitment loss, tokens), and with `return_latent` the
+        encoder latent too (detached; dead-code restarts draw from it). Not clamped. Under autocast the
+        quantizer still runs in float32: the nearest-code search and its losses need the precision."""
+        f = self.encode_latent(img_BChw).float()
+        with torch.autocast(f.device.type, enabled=False):
+            f_hat, vq_loss, tokens = self.quantize(f)
+        reconstruction = self.decoder(self.post_quant_conv(f_hat))
+        return (reconstruction, vq_loss, tokens, f.detach()) if return_latent else (reconstruction, vq_loss, tokens)

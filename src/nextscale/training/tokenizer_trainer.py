@@ -101,21 +101,6 @@ class TokenizerTrainConfig:
 
 
 # ---------------------------------------------------------------------------- pieces
-class TokenizerWithLatent(nn.Module):
-    """The VQ-VAE's training pass, also returning the encoder latent (for dead-code restarts)."""
-
-    def __init__(self, vae: VQVAE):
-        super().__init__()
-        self.vae = vae
-
-    def forward(self, img_BChw: torch.Tensor):
-        f = self.vae.encode_latent(img_BChw).float()
-        with torch.autocast(f.device.type, enabled=False):  # nearest-code search and losses in float32
-            f_hat, vq_loss, tokens = self.vae.quantize(f)
-        reconstruction = self.vae.decoder(self.vae.post_quant_conv(f_hat))
-        return reconstruction, vq_loss, tokens, f.detach()
-
-
 def lr_at(step: int, cfg: OptimConfig, total_steps: int) -> float:
     """Linear warmup, then cosine decay to lr * min_lr_ratio."""
     if step < cfg.warmup_steps:
@@ -282,7 +267,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> dict:
         phi.requires_grad_(i in used_phis)
     # Each rank updates the usage buffer from its own batch; the trainer averages it after every step
     # (the EMA of the mean hit counts), so DDP need not broadcast buffers.
-    model = dist_utils.wrap_ddp(TokenizerWithLatent(vae), info, broadcast_buffers=False)
+    model = dist_utils.wrap_ddp(vae, info, broadcast_buffers=False)
     opt_g = torch.optim.AdamW(vae.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                               weight_decay=cfg.optim.weight_decay)
     use_gan = cfg.loss.gan_weight > 0
@@ -364,7 +349,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> dict:
 
             # ---- tokenizer step
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                rec, vq_loss, tokens, f = model(img)
+                rec, vq_loss, tokens, f = model(img, return_latent=True)
                 rec_loss = reconstruction_loss(rec.float(), img, cfg.loss.reconstruction)
                 nll = cfg.loss.reconstruction_weight * rec_loss
                 logs = {"rec_loss": rec_loss.detach(), "vq_loss": vq_loss.detach()}
