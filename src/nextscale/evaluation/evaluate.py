@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from nextscale.evaluation.frechet import (feature_statistics, frechet_distance, inception_score,
                                           precision_recall)
-from nextscale.evaluation.image_sets import ImageSet
+from nextscale.evaluation.image_sets import ImageSet, as_nhwc3
 
 
 @torch.no_grad()
@@ -70,7 +70,7 @@ def fashion_mnist_metrics(samples: ImageSet, classifier, device, batch_size: int
 
     test_x, _ = load_fashion_mnist("test", data_dir)
     train_x, _ = load_fashion_mnist("train", data_dir)
-    test = ImageSet(np.repeat(test_x[..., None], 3, axis=-1))
+    test = ImageSet(as_nhwc3(test_x, "Fashion-MNIST test split"))
     test_feats = run_in_batches(classifier, test, classifier_outputs, device, batch_size, "classifier: test split")
     test_stats = feature_statistics(test_feats["features"])
     result["frechet_distance"] = frechet_distance(*feature_statistics(out["features"]), *test_stats)
@@ -81,7 +81,7 @@ def fashion_mnist_metrics(samples: ImageSet, classifier, device, batch_size: int
     floors = []
     for draw in range(floor_draws if count < len(train_x) else 1):
         pick = np.sort(np.random.default_rng(seed + draw).choice(len(train_x), size=count, replace=False))
-        real = ImageSet(np.repeat(train_x[pick][..., None], 3, axis=-1))
+        real = ImageSet(as_nhwc3(train_x[pick], "Fashion-MNIST train split"))
         real_feats = run_in_batches(classifier, real, classifier_outputs, device, batch_size,
                                     f"classifier: train images, draw {draw + 1}")
         floors.append(frechet_distance(*feature_statistics(real_feats["features"]), *test_stats))
@@ -97,11 +97,13 @@ def inception_metrics(samples: ImageSet, inception, device, reference: ImageSet 
                       batch_size: int = 50, is_splits: int = 10, k: int = 3) -> tuple[dict, dict]:
     """(metrics, sample statistics {'mu', 'sigma'}). Without a reference only the Inception Score."""
     out = run_in_batches(inception, samples, inception_outputs, device, batch_size, "inception: samples")
-    is_mean, is_std = inception_score(out["logits_unbiased"], splits=min(is_splits, len(samples)))
+    splits = min(is_splits, len(samples))
+    is_mean, is_std = inception_score(out["logits_unbiased"], splits=splits)
     mu, sigma = feature_statistics(out["pool"])
-    result = {"inception_score": is_mean, "inception_score_std": is_std, "is_splits": min(is_splits, len(samples))}
+    stats = {"mu": mu, "sigma": sigma}
+    result = {"inception_score": is_mean, "inception_score_std": is_std, "is_splits": splits}
     if reference is None:
-        return result, {"mu": mu, "sigma": sigma}
+        return result, stats
     ref_pool = None
     if len(reference):
         ref_pool = run_in_batches(inception, reference, inception_outputs, device, batch_size,
@@ -117,4 +119,4 @@ def inception_metrics(samples: ImageSet, inception, device, reference: ImageSet 
     if ref_pool is not None:
         result["precision"], result["recall"] = precision_recall(ref_pool, out["pool"], k=k)
         result["precision_recall_k"] = k
-    return result, {"mu": mu, "sigma": sigma}
+    return result, stats
