@@ -84,35 +84,38 @@ class ModelRunner:
                 job.add_scale({"pn": self.var.patch_nums[si], "images": data_urls(partial)})
         return on_scale
 
-    def _finish(self, job: Job, images: torch.Tensor) -> list[str]:
+    def _seeds(self, body: dict, default_num: int) -> list[int]:
+        """Image i of a request uses seed + i, as the command line does."""
+        seed = get_int(body, "seed", 0, 0, MAX_SEED - self.max_images)
+        n = get_int(body, "num_images", default_num, 1, self.max_images)
+        return list(range(seed, seed + n))
+
+    def _finish(self, job: Job, images: torch.Tensor, seeds: list[int], settings: dict) -> dict:
+        """Report the last scale (the final images); -> the result fields every request has."""
         urls = data_urls(images)
         job.add_scale({"pn": self.var.patch_nums[-1], "images": urls})
-        return urls
+        return {"images": urls, "seeds": seeds, "settings": {k: settings[k] for k in ("cfg", "top_k", "top_p")}}
 
     def generate(self, body: dict):
         """-> (work, number of scales) for a generate request."""
         settings = self.settings(body)
-        seed = get_int(body, "seed", 0, 0, MAX_SEED - self.max_images)
-        n = get_int(body, "num_images", min(8, self.max_images), 1, self.max_images)
+        seeds = self._seeds(body, default_num=min(8, self.max_images))
         label = self.label(body.get("class"))
         gen_device = "cpu" if self.device.type == "cpu" else self.device
 
         def work(job: Job) -> None:
             # labels None: drawn uniformly per image, as `nextscale sample --num-images` draws them
-            out = nextscale.sample(self.var, None if label is None else [label] * n,
-                                   generator=seeded_generators(range(seed, seed + n), gen_device),
+            out = nextscale.sample(self.var, None if label is None else [label] * len(seeds),
+                                   generator=seeded_generators(seeds, gen_device),
                                    precision=self.dtype, on_scale=self._scale_reporter(job), **settings)
-            urls = self._finish(job, out.images)
-            job.result = {"grid": png_data_url(make_grid(out.images.cpu(), ncols=min(n, 8))), "images": urls,
-                          "labels": out.labels.tolist(), "seeds": list(range(seed, seed + n)),
-                          "settings": {k: settings[k] for k in ("cfg", "top_k", "top_p")}}
+            job.result = {**self._finish(job, out.images, seeds, settings), "labels": out.labels.tolist(),
+                          "grid": png_data_url(make_grid(out.images.cpu(), ncols=min(len(seeds), 8)))}
         return work, len(self.var.patch_nums)
 
     def edit(self, body: dict):
         """-> (work, number of scales) for an edit request."""
         settings = self.settings(body)
-        seed = get_int(body, "seed", 0, 0, MAX_SEED - self.max_images)
-        n = get_int(body, "num_images", 1, 1, self.max_images)
+        seeds = self._seeds(body, default_num=1)
         mode = get_choice(body, "mode", EDIT_MODES)
         label = self.label(body.get("class"))
         if mode == "class" and (label is None or label == self.var.num_classes):
@@ -131,15 +134,14 @@ class ModelRunner:
 
         @torch.no_grad()
         def work(job: Job) -> None:
-            generators = seeded_generators(range(seed, seed + n), gen_device)
-            inputs = image.expand(n, -1, -1, -1).to(self.device)
+            generators = seeded_generators(seeds, gen_device)
+            inputs = image.expand(len(seeds), -1, -1, -1).to(self.device)
             with autocast_context(self.device, self.dtype):
                 out = nextscale.edit(self.var, inputs, keep.to(self.device), labels=label, generator=generators,
                                      on_scale=self._scale_reporter(job), **settings)
-            urls = self._finish(job, out.images)
-            job.result = {"input": data_urls(image)[0], "mask": data_urls(shade_regenerated(image[0], keep)[None])[0],
-                          "images": urls, "seeds": list(range(seed, seed + n)), "label": label, "mode": mode,
-                          "settings": {k: settings[k] for k in ("cfg", "top_k", "top_p")}}
+            job.result = {**self._finish(job, out.images, seeds, settings), "label": label, "mode": mode,
+                          "input": data_urls(image)[0],
+                          "mask": data_urls(shade_regenerated(image[0], keep)[None])[0]}
         return work, len(self.var.patch_nums)
 
     def prepare_image(self, data: bytes) -> dict:
