@@ -8,21 +8,24 @@ Usage:
         metrics.log(step, loss=loss.item(), lr=lr)        # one JSON object per line: {"step": .., "loss": ..}
         bar.set_postfix(loss=f"{loss.item():.4f}"); bar.update(1)
     bar.close(); metrics.close()
-    plot_curves("runs/x/metrics.jsonl", "runs/x/curves.png", keys=["loss", "acc"])
+    plot_curves("runs/x/metrics.jsonl", "runs/x/curves.png",
+                keys=[("loss", "eval_loss"), "acc_s*", "lr"], log_y=["lr"])
 
-The plot is drawn with Pillow (already a dependency) rather than matplotlib: a few line charts
-with axes and tick labels need ~80 lines, not a 40 MB plotting stack. Non-main ranks pass
-`enabled=False` and nothing is written or shown.
+The plot is drawn with matplotlib (imported only when a plot is made, on its Agg canvas: the
+user's pyplot backend is neither read nor changed). Non-main ranks pass `enabled=False` and nothing
+is written or shown.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 import os
+import re
 import time
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Sequence, Union
 
 from tqdm.auto import tqdm
 
@@ -89,57 +92,157 @@ def progress_bar(iterable: Iterable | None = None, total: int | None = None, des
 
 
 # ---------------------------------------------------------------------------- PNG plot
-def plot_curves(jsonl_path: str | os.PathLike, png_path: str | os.PathLike, keys: Sequence[str],
-                smooth: int = 1, log_y: Sequence[str] = ()) -> Path:
-    """One line chart per metric key (stacked vertically), x = step; `smooth` = moving-average window."""
-    from PIL import Image, ImageDraw, ImageFont
+PanelSpec = Union[str, Sequence[str]]
+_NOT_METRICS = {"step", "time"}
 
-    records = read_jsonl(jsonl_path)
-    series = []
-    for key in keys:
-        pts = [(r["step"], float(r[key])) for r in records if isinstance(r.get(key), (int, float))
-               and math.isfinite(float(r[key])) and (key not in log_y or float(r[key]) > 0)]
-        if smooth > 1 and pts:
-            ys = [p[1] for p in pts]
-            pts = [(pts[i][0], sum(ys[max(0, i - smooth + 1):i + 1]) / len(ys[max(0, i - smooth + 1):i + 1]))
-                   for i in range(len(pts))]
-        series.append((key, pts))
 
-    width, panel_h, margin_l, margin_r, margin_t, margin_b = 800, 260, 80, 40, 30, 40
-    image = Image.new("RGB", (width, panel_h * max(1, len(series))), "white")
-    draw = ImageDraw.Draw(image)
-    try:
-        font = ImageFont.load_default(size=13)
-    except TypeError:  # Pillow < 10.1: fixed-size bitmap font
-        font = ImageFont.load_default()
-    for i, (key, pts) in enumerate(series):
-        top = i * panel_h
-        x0, x1, y0, y1 = margin_l, width - margin_r, top + margin_t, top + panel_h - margin_b
-        draw.rectangle([x0, y0, x1, y1], outline="black")
-        draw.text((x0, top + 8), key + (" (log scale)" if key in log_y else ""), fill="black", font=font)
-        if not pts:
-            draw.text((x0 + 10, y0 + 10), "no data", fill="gray", font=font)
+def _natural_key(name: str):
+    """acc_s2 before acc_s10: digit runs compare as numbers."""
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name) if t]
+
+
+def _numeric(v) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def _series(records: list[dict], name: str, positive: bool) -> list[tuple[int, float]]:
+    """(step, value) sorted by step; a step logged twice (a resumed run) keeps its last value."""
+    by_step: dict[int, float] = {}
+    for r in records:
+        v = _numeric(r.get(name))
+        if v is None or "step" not in r or (positive and v <= 0):
             continue
-        tf = (lambda v: math.log10(v)) if key in log_y else (lambda v: v)
-        xs, ys = [p[0] for p in pts], [tf(p[1]) for p in pts]
-        xmin, xmax = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
-        ymin, ymax = min(ys), max(ys)
-        if ymax - ymin < 1e-12:
-            ymin, ymax = ymin - 0.5, ymax + 0.5
-        to_px = lambda x, y: (x0 + (x - xmin) / (xmax - xmin) * (x1 - x0), y1 - (y - ymin) / (ymax - ymin) * (y1 - y0))
-        for t in range(5):  # ticks and grid
-            yv = ymin + (ymax - ymin) * t / 4
-            py = y1 - (y1 - y0) * t / 4
-            draw.line([x0, py, x1, py], fill=(225, 225, 225))
-            label = f"{10 ** yv:.3g}" if key in log_y else f"{yv:.4g}"
-            draw.text((4, py - 7), label, fill="black", font=font)
-            xv = xmin + (xmax - xmin) * t / 4
-            px = x0 + (x1 - x0) * t / 4
-            draw.text((px - 10, y1 + 6), f"{xv:.0f}", fill="black", font=font)
-        draw.line([to_px(x, y) for x, y in zip(xs, ys)] if len(xs) > 1 else [to_px(xs[0], ys[0])] * 2,
-                  fill=(31, 119, 180), width=2)
-    draw.text((width // 2 - 15, image.height - 18), "step", fill="black", font=font)
+        by_step[int(r["step"])] = v
+    return sorted(by_step.items())
+
+
+def _moving_average(values: list[float], window: int) -> list[float]:
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def _panel_names(spec: PanelSpec, logged: list[str]) -> tuple[str, list[str]]:
+    """A panel spec -> (title, metric names): "loss", ("loss", "eval_loss") or a pattern "acc_s*"."""
+    if isinstance(spec, str):
+        if "*" in spec or "?" in spec:
+            return spec, sorted((k for k in logged if fnmatch.fnmatchcase(k, spec)), key=_natural_key)
+        return spec, [spec]
+    names = [str(n) for n in spec]
+    if not names:
+        raise ValueError("plot_curves: an empty tuple of metric names in keys")
+    return ", ".join(names), names
+
+
+def curves_figure(records: Sequence[dict] | str | os.PathLike, keys: Sequence[PanelSpec],
+                  log_y: Sequence[str] = (), smooth: int = 1):
+    """The matplotlib Figure that `plot_curves` saves (not attached to pyplot; inspect it in tests).
+
+    One panel per entry of `keys`: a metric name, a tuple/list of names (one line each, with a legend), or a
+    pattern with `*` (every logged metric that matches, in numeric order: acc_s0, acc_s1, ..., acc_s10).
+    A panel whose metrics hold no value is left out; when no panel has data the figure says so. Panels that
+    name a metric of `log_y` get a logarithmic y axis (non-positive values dropped). `smooth` > 1 draws the
+    moving average over that many logged points for series logged at most steps; series logged rarely (a
+    held-out metric every N steps) or with few points are drawn unsmoothed, with markers. x ticks are integer
+    steps.
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import FuncFormatter, MaxNLocator
+    except ImportError as e:  # a dependency of the package; only missing in a broken install
+        raise RuntimeError(f"plotting training curves needs matplotlib (pip install 'matplotlib>=3.5'): {e}") from e
+
+    if isinstance(records, (str, os.PathLike)):
+        records = read_jsonl(records)
+    if isinstance(keys, str):
+        keys = [keys]
+    smooth = max(1, int(smooth))
+    log_y = set(log_y)
+    logged = sorted({k for r in records for k, v in r.items() if k not in _NOT_METRICS and _numeric(v) is not None})
+    all_steps = {int(r["step"]) for r in records if isinstance(r.get("step"), (int, float))}
+
+    panels = []  # (title, log, [(name, steps, values, sparse)], [names never logged])
+    for spec in keys:
+        title, names = _panel_names(spec, logged)
+        log = any(n in log_y for n in names) or (isinstance(spec, str) and spec in log_y)
+        lines, missing = [], []
+        for name in names:
+            pts = _series(records, name, positive=log)
+            if not pts:
+                missing.append(name)
+                continue
+            sparse = len(pts) <= 20 or len(pts) < 0.5 * len(all_steps)
+            steps, values = [p[0] for p in pts], [p[1] for p in pts]
+            if smooth > 1 and not sparse:
+                values = _moving_average(values, smooth)
+            lines.append((name, steps, values, sparse))
+        if lines:
+            panels.append((title, log, lines, missing))
+
+    ncols = 2 if len(panels) >= 4 else 1
+    nrows = max(1, math.ceil(len(panels) / ncols))
+    fig = Figure(figsize=(6.4 * ncols if ncols > 1 else 8.0, 2.7 * nrows + 0.3), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    if not panels:
+        ax = fig.add_subplot(1, 1, 1)
+        ax.set_axis_off()
+        wanted = ", ".join(_panel_names(s, logged)[0] for s in keys) or "none"
+        ax.text(0.5, 0.5, f"no metrics logged yet ({wanted})", ha="center", va="center", color="gray",
+                transform=ax.transAxes)
+        return fig
+
+    step_label = FuncFormatter(lambda v, _pos: f"{int(round(v))}")
+    for i, (title, log, lines, missing) in enumerate(panels):
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        many = len(lines) > 10
+        cmap = None
+        if many:
+            from matplotlib import colormaps
+            cmap = colormaps["viridis"]
+        for j, (name, steps, values, sparse) in enumerate(lines):
+            style = {"marker": "o", "markersize": 4} if sparse else {}
+            if cmap is not None:
+                style["color"] = cmap(j / max(len(lines) - 1, 1))
+            ax.plot(steps, values, label=name, linewidth=1.5, **style)
+        shown = title + ("  (log scale)" if log else "")
+        if smooth > 1 and any(not sparse for *_, sparse in lines):
+            shown += f"  (moving average of {smooth})"
+        if missing:
+            shown += f"\n{', '.join(missing)}: not logged yet"
+        ax.set_title(shown, fontsize=10, loc="left")
+        if log:
+            ax.set_yscale("log")
+        else:
+            ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4), useOffset=False)
+        xs = [s for _, steps, _, _ in lines for s in steps]
+        if min(xs) == max(xs):
+            ax.set_xlim(min(xs) - 1, max(xs) + 1)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=8))
+        ax.xaxis.set_major_formatter(step_label)
+        ax.set_xlabel("step", fontsize=9)
+        ax.tick_params(which="both", labelsize=8)
+        ax.grid(True, alpha=0.3)
+        if len(lines) > 1 or missing or isinstance(title, str) and title != lines[0][0]:
+            if len(lines) > 6:  # beside the panel, not over the curves
+                ax.legend(fontsize=7, ncol=math.ceil(len(lines) / 12), loc="upper left", bbox_to_anchor=(1.01, 1.0))
+            else:
+                ax.legend(fontsize=7, loc="best")
+    return fig
+
+
+def plot_curves(jsonl_path: str | os.PathLike, png_path: str | os.PathLike, keys: Sequence[PanelSpec],
+                log_y: Sequence[str] = (), smooth: int = 1) -> Path:
+    """Training curves of a metrics JSONL file as a PNG (see `curves_figure` for what `keys` may hold)."""
+    fig = curves_figure(jsonl_path, keys, log_y=log_y, smooth=smooth)
     png_path = Path(png_path)
     png_path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(png_path)
+    fig.savefig(png_path)
     return png_path
