@@ -120,3 +120,83 @@ def save_png(array_HWC: np.ndarray, path: str | os.PathLike) -> Path:
 
 def save_images(images_BCHW: torch.Tensor, folder: str | os.PathLike, names: Sequence[str]) -> list[Path]:
     return [save_png(im, Path(folder) / name) for im, name in zip(to_uint8_hwc(images_BCHW), names)]
+
+
+def _label_font(size: int):
+    from PIL import ImageFont
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: the fixed-size bitmap font
+        return ImageFont.load_default()
+
+
+def _fit_text(draw, text: str, font, max_width: int) -> str:
+    """`text`, shortened with an ellipsis until it fits in max_width pixels."""
+    if draw.textlength(text, font=font) <= max_width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > max_width:
+        text = text[:-1]
+    return text + "…"
+
+
+def save_labeled_grid(images_BCHW: torch.Tensor, path: str | os.PathLike, ncols: int,
+                      row_labels: Sequence | None = None, min_cell: int = 64) -> Path:
+    """A PNG grid of images in [0, 1], `ncols` per row, each row labelled on its left with row_labels[r].
+
+    Images smaller than `min_cell` pixels are enlarged by an integer factor with nearest-neighbour (a 32 px
+    image becomes 64 px, a 28 px one 84 px), so small training samples stay visible. `row_labels` holds one
+    label per row (anything printable: class names or ids); None leaves the label column out.
+    """
+    from PIL import ImageDraw
+
+    if not isinstance(images_BCHW, torch.Tensor) or images_BCHW.ndim != 4:
+        raise ValueError(f"save_labeled_grid: images must be a (B, C, H, W) tensor, got "
+                         f"{tuple(images_BCHW.shape) if isinstance(images_BCHW, torch.Tensor) else type(images_BCHW).__name__}")
+    B, C, H, W = images_BCHW.shape
+    if B == 0:
+        raise ValueError("save_labeled_grid: no images to save")
+    if ncols < 1:
+        raise ValueError(f"save_labeled_grid: ncols must be at least 1, got {ncols}")
+    nrows = math.ceil(B / ncols)
+    ncols = min(ncols, B)
+    if row_labels is not None:
+        row_labels = [str(label) for label in row_labels]
+        if len(row_labels) != nrows:
+            raise ValueError(f"save_labeled_grid: {B} images at {ncols} per row make {nrows} rows, "
+                             f"but {len(row_labels)} row labels were given")
+
+    factor = max(1, math.ceil(min_cell / min(H, W)))
+    cells = to_uint8_hwc(images_BCHW.detach().float().cpu())
+    if factor > 1:
+        cells = cells.repeat(factor, axis=1).repeat(factor, axis=2)
+    ch, cw = H * factor, W * factor
+    pad = max(2, ch // 32)
+
+    font_size = int(min(max(12, ch // 4), 20))
+    font = _label_font(font_size)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_w = 0
+    if row_labels is not None:
+        max_label_w = max(3 * cw, 160)
+        row_labels = [_fit_text(measure, label, font, max_label_w) for label in row_labels]
+        label_w = int(max(measure.textlength(label, font=font) for label in row_labels)) + 3 * pad + 4
+
+    width = label_w + ncols * (cw + pad) + pad
+    height = nrows * (ch + pad) + pad
+    canvas = np.full((height, width, 3), 255, dtype=np.uint8)
+    for i, cell in enumerate(cells):
+        r, c = divmod(i, ncols)
+        y, x = pad + r * (ch + pad), label_w + pad + c * (cw + pad)
+        canvas[y:y + ch, x:x + cw] = cell
+    image = Image.fromarray(canvas)
+    if row_labels is not None:
+        draw = ImageDraw.Draw(image)
+        for r, label in enumerate(row_labels):
+            left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
+            x = label_w - 2 * pad - (right - left) - left  # right-aligned next to the row
+            y = pad + r * (ch + pad) + (ch - (bottom - top)) / 2 - top  # centred on the row
+            draw.text((x, y), label, fill=(0, 0, 0), font=font)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
