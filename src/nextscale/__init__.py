@@ -4,7 +4,7 @@ from nextscale.checkpoints import (CheckpointError, build_var, build_vae, load_v
 from nextscale.editing import edit, inpaint_keep_mask, keep_mask_from_image, outpaint_keep_mask
 from nextscale.evaluation import load_classifier
 from nextscale.pretrained import load_pretrained
-from nextscale.sampling import SampleOutput, sample
+from nextscale.sampling import SampleOutput, recommended_sampling, sample
 from nextscale.tokenizer import VQVAE, VQVAEConfig
 from nextscale.transformer import VAR, VARConfig
 
@@ -14,5 +14,5 @@ __all__ = [
     "VQVAE", "VQVAEConfig", "VAR", "VARConfig", "CheckpointError", "SampleOutput",
     "load_vae", "load_var", "load_pretrained", "build_vae", "build_var", "save_pretrained",
     "sample", "edit", "inpaint_keep_mask", "outpaint_keep_mask", "keep_mask_from_image",
-    "load_classifier",
+    "load_classifier", "recommended_sampling",
 ]

@@ -95,7 +95,7 @@ def main(argv=None) -> int:
         print(f"note: {note}", file=sys.stderr)
     extra = getattr(var, "extra_config", {})
     names = extra.get("class_names") or [f"class {c}" for c in range(var.num_classes)]
-    settings = {"cfg": 1.5, "top_k": 0, "top_p": 0.0, **extra.get("sampling", {})}
+    settings = nextscale.recommended_sampling(var)  # the defaults of sample / edit / the CLI
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     figures = []  # (file, title, caption)

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from nextscale.images import load_images, to_model_input
-from nextscale.sampling import (SampleOutput, _tokenizer_of, as_label_tensor, generate_tokens, make_generator,
-                                validate_sampling_args)
+from nextscale.sampling import (Generators, SampleOutput, _tokenizer_of, as_label_tensor, generate_tokens,
+                                request_generator, resolve_sampling)
 from nextscale.transformer.var import VAR
 
 
@@ -69,20 +69,30 @@ def shade_regenerated(image_13HW: torch.Tensor, keep: torch.Tensor) -> torch.Ten
 
 
 @torch.no_grad()
-def edit(var: VAR, image, keep_mask: torch.Tensor, labels=None, seed: int | None = None, cfg: float = 3.0,
-         top_k: int = 0, top_p: float = 0.0, more_smooth: bool = False,
-         generator: torch.Generator | None = None, on_scale=None) -> SampleOutput:
+def edit(var: VAR, image, keep_mask: torch.Tensor, labels=None, seed: int | None = None, cfg: float | None = None,
+         top_k: int | None = None, top_p: float | None = None, more_smooth: bool = False,
+         generator: Generators = None, on_scale=None, per_image_seeds: bool = False) -> SampleOutput:
     """Regenerate the parts of `image` where `keep_mask` is 0, conditioned on the kept parts.
 
     image: a tensor (B, C, H, W) in [0, 1], a PIL image, a path, or a list of those; any size and mode
     (resized and center-cropped to the model's resolution). keep_mask: (pn_K, pn_K) on the finest
-    token grid (1 = keep), or (B, pn_K, pn_K). labels: class id(s); the null class (`var.num_classes`,
-    the default) edits unconditionally. Returns images at the model's resolution in [0, 1].
+    token grid (1 = keep), or (B, pn_K, pn_K). labels: the class of the regenerated part, one for all
+    images or one per image, each an id or a class name (case-insensitive, as in `sample`); the null
+    class (`var.num_classes` or "null", the default) edits unconditionally. Returns images at the
+    model's resolution in [0, 1].
+
+    cfg / top_k / top_p: None (the default) takes the model's recommendation, as `sample` and
+    `nextscale edit` do (`recommended_sampling(var)`).
+
+    Randomness, as in `sample`: `seed=s` alone is one generator for the whole request (the reference
+    protocol); `seed=s, per_image_seeds=True` gives image i the generator seeded with s + i, so
+    `edit(var, img.expand(n, -1, -1, -1), keep, seed=s, per_image_seeds=True)` equals the n variations
+    of `nextscale edit --seed s --num n`; or pass `generator` (one, or one per image).
     on_scale: called after each scale, as in `generate_tokens`.
     """
     vae = _tokenizer_of(var)
     device = var.pos_1LC.device
-    validate_sampling_args(var.num_classes, None, cfg, top_k, top_p)
+    settings = resolve_sampling(var, cfg, top_k, top_p)
     img_B3HW = to_model_input(load_images(image), vae.resolution, vae.config.image_channels).to(device)
     B = img_B3HW.shape[0]
     size = var.patch_nums[-1]
@@ -93,7 +103,7 @@ def edit(var: VAR, image, keep_mask: torch.Tensor, labels=None, seed: int | None
     if masks_B.shape[0] != B:
         raise ValueError(f"{masks_B.shape[0]} keep-masks for {B} images")
 
-    labels_B = as_label_tensor(var.num_classes if labels is None else labels, var.num_classes, device)
+    labels_B = as_label_tensor(var.num_classes if labels is None else labels, var, device)
     if labels_B.numel() == 1:
         labels_B = labels_B.expand(B).clone()
     if labels_B.numel() != B:
@@ -102,8 +112,9 @@ def edit(var: VAR, image, keep_mask: torch.Tensor, labels=None, seed: int | None
     known_tokens = vae.encode_tokens(img_B3HW.mul(2).sub(1))
     keeps = [torch.stack(m) for m in zip(*(per_scale_keep(mk, var.patch_nums) for mk in masks_B))]
     forced = list(zip(known_tokens, keeps))
-    if generator is None:
-        generator = make_generator(seed, "cpu" if device.type == "cpu" else device)
-    tokens, f_hat = generate_tokens(var, labels_B, generator, cfg, top_k, top_p, more_smooth, forced=forced,
-                                    on_scale=on_scale)
+    generator = request_generator(seed, per_image_seeds, generator, B, "cpu" if device.type == "cpu" else device)
+    if isinstance(generator, (list, tuple)) and len(generator) != B:
+        raise ValueError(f"{len(generator)} generators for {B} images: pass one generator per image")
+    tokens, f_hat = generate_tokens(var, labels_B, generator, settings["cfg"], settings["top_k"], settings["top_p"],
+                                    more_smooth, forced=forced, on_scale=on_scale)
     return SampleOutput(images=vae.decode_fhat(f_hat).add(1).mul(0.5), tokens=tokens, labels=labels_B)

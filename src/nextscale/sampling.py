@@ -15,6 +15,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Callable, Sequence, Union
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -163,13 +164,96 @@ def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torc
     return g
 
 
-def as_label_tensor(labels, num_classes: int, device) -> torch.Tensor | None:
+# Published settings for FID (spec §3): the default of models that recommend none of their own.
+PUBLISHED_SAMPLING = {"cfg": 1.5, "top_k": 900, "top_p": 0.96}
+# Words that name the null class (unconditional sampling) wherever a class is read.
+NULL_CLASS_WORDS = ("null", "none", "unconditional")
+
+
+def recommended_sampling(var) -> dict:
+    """{"cfg", "top_k", "top_p"}: the model's recommendation (`var.extra_config["sampling"]`, which
+    `save_pretrained` and the trainer's export write), else the published FID settings 1.5 / 900 / 0.96.
+    The one default of `sample`, `edit`, `nextscale sample|edit` and the web app."""
+    own = (getattr(var, "extra_config", None) or {}).get("sampling") or {}
+    return {k: type(v)(own.get(k, v)) for k, v in PUBLISHED_SAMPLING.items()}
+
+
+def resolve_sampling(var, cfg: float | None, top_k: int | None, top_p: float | None) -> dict:
+    """cfg/top_k/top_p as given, None replaced by `recommended_sampling(var)`; checked."""
+    given = {"cfg": cfg, "top_k": top_k, "top_p": top_p}
+    settings = {k: v if given[k] is None else given[k] for k, v in recommended_sampling(var).items()}
+    validate_sampling_args(var.num_classes, None, **settings)
+    return settings
+
+
+def class_names(var) -> list[str]:
+    """The model's class names (`var.extra_config["class_names"]`, index = class id), or [] when it has none."""
+    return [str(n) for n in ((getattr(var, "extra_config", None) or {}).get("class_names") or [])]
+
+
+def class_id(value, var) -> int:
+    """One class, as an id or a name, -> its id. Accepted: an int (or a 0-d tensor / numpy integer); a
+    string that is one of the model's class names (case-insensitive; a name wins over the same digits
+    read as an id); a string of digits (an id); "null" / "none" / "unconditional" (the null class
+    `var.num_classes`, unconditional sampling). Raises ValueError naming the known classes."""
+    num_classes = var.num_classes
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
+        value = value.item()
+    if isinstance(value, str):
+        text = value.strip()
+        names = class_names(var)
+        lowered = [n.lower() for n in names]
+        if text.lower() in lowered:
+            return lowered.index(text.lower())
+        if text.lower() in NULL_CLASS_WORDS:
+            return num_classes
+        if text.lstrip("+-").isdigit():
+            value = int(text)
+        else:
+            known = (f"the model's classes are {', '.join(repr(n) for n in names)}" if names else
+                     "this model has no class names")
+            raise ValueError(f"unknown class {value!r}: {known}; or give a class id in [0, {num_classes - 1}], "
+                             f"or {num_classes} (or 'null') for unconditional")
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"a class is an id (int) or a class name (str), got {value!r}")
+    c = int(value)
+    if not 0 <= c <= num_classes:
+        raise ValueError(f"class id {c} is outside [0, {num_classes}] (0..{num_classes - 1} are classes, "
+                         f"{num_classes} is the null class for unconditional sampling)")
+    return c
+
+
+def parse_classes(values, var) -> list[int] | None:
+    """Classes as the command line, the web app and `sample(labels=...)` take them -> ids (None for None).
+
+    values: one class or a list of them, each an id or a name as `class_id` reads it; ids and names may
+    be mixed. A string that is not itself a class name may hold several, comma-separated ("Dress,3")."""
+    if values is None:
+        return None
+    if isinstance(values, (str, int, np.integer)) or (isinstance(values, torch.Tensor) and values.ndim == 0):
+        values = [values]
+    ids = []
+    for value in values:
+        if isinstance(value, str) and "," in value and value.strip().lower() not in \
+                [n.lower() for n in class_names(var)]:
+            ids.extend(class_id(part, var) for part in value.split(",") if part.strip())
+        else:
+            ids.append(class_id(value, var))
+    return ids
+
+
+def as_label_tensor(labels, var, device) -> torch.Tensor | None:
+    """labels (ids, names, mixed, or a tensor / array of ids) -> a LongTensor (B,) of checked ids."""
     if labels is None:
         return None
-    if isinstance(labels, int):
-        labels = [labels]
-    t = torch.as_tensor(labels, dtype=torch.long, device=device).flatten()
-    validate_sampling_args(num_classes, t, 0.0, 0, 0.0)
+    if isinstance(labels, torch.Tensor) or isinstance(labels, np.ndarray) and labels.dtype.kind in "iu":
+        t = torch.as_tensor(labels, device=device)
+        if t.is_floating_point() or t.is_complex():
+            raise ValueError(f"class ids must be integers, got a {t.dtype} tensor")
+        t = t.to(dtype=torch.long).flatten()
+    else:
+        t = torch.tensor(parse_classes(labels, var), dtype=torch.long, device=device)
+    validate_sampling_args(var.num_classes, t, 0.0, 0, 0.0)
     return t
 
 
@@ -221,20 +305,44 @@ def seeded_generators(seeds: Sequence[int], device: torch.device | str = "cpu") 
     return [make_generator(s, device) for s in seeds]
 
 
+def request_generator(seed: int | None, per_image_seeds: bool, generator: Generators, count: int | None,
+                      device) -> Generators:
+    """The generator(s) of a request: `generator` when given; else one generator seeded with `seed` (the
+    reference protocol); with `per_image_seeds`, one generator per image, image i seeded with seed + i."""
+    if per_image_seeds:
+        if generator is not None:
+            raise ValueError("per_image_seeds=True makes one generator per image from seed: do not pass generator too")
+        if seed is None:
+            raise ValueError("per_image_seeds=True needs a seed (image i uses seed + i)")
+        return seeded_generators(range(int(seed), int(seed) + count), device)
+    return generator if generator is not None else make_generator(seed, device)
+
+
 @torch.no_grad()
-def sample(var: VAR, labels=None, seed: int | None = None, cfg: float = 1.5, top_k: int = 0, top_p: float = 0.0,
-           more_smooth: bool = False, batch_size: int | None = None, generator: Generators = None,
-           num_samples: int | None = None, progress: bool = False, precision: str = "float32",
-           on_scale: Callable[[int, list[torch.Tensor]], None] | None = None) -> SampleOutput:
+def sample(var: VAR, labels=None, seed: int | None = None, cfg: float | None = None, top_k: int | None = None,
+           top_p: float | None = None, more_smooth: bool = False, batch_size: int | None = None,
+           generator: Generators = None, num_samples: int | None = None, progress: bool = False,
+           precision: str = "float32", on_scale: Callable[[int, list[torch.Tensor]], None] | None = None,
+           per_image_seeds: bool = False) -> SampleOutput:
     """Generate images.
 
-    labels: list/tensor of class ids (the null class `var.num_classes` samples unconditionally), or
-    None to draw `num_samples` (default 1) labels uniformly.
+    labels: class ids, class names (case-insensitive, from `var.extra_config["class_names"]`) or both
+    mixed, e.g. `["Dress", "Coat", 3]`; a tensor of ids; "null" or the id `var.num_classes` samples
+    unconditionally. None draws `num_samples` (default 1) labels uniformly. An unknown name is a
+    ValueError listing the model's class names.
 
-    Randomness: `seed` seeds one CPU generator shared by the whole request, drawn in batch order (the
-    reference protocol); the result then depends on `batch_size`. `generator` may be passed instead:
-    one generator, or a list with one generator per image (see `seeded_generators`), in which case each
-    image is sampled exactly as it would be alone with its own generator, whatever the batching.
+    cfg / top_k / top_p: None (the default) takes the model's recommendation (`recommended_sampling(var)`:
+    `var.extra_config["sampling"]`, else the published 1.5 / 900 / 0.96), as `nextscale sample` does.
+    top_k 0 and top_p 0 disable the filter.
+
+    Randomness, two conventions:
+    - `seed=s` alone: one CPU generator seeded with s is shared by the whole request and drawn in
+      batch order (the reference implementation's protocol); the images then depend on `batch_size`.
+    - `seed=s, per_image_seeds=True`: image i is sampled with its own generator seeded with s + i, the
+      convention of `nextscale sample --seed s` and the web app: image i equals the command line's
+      image i (same labels), whatever the batch size or the number of images.
+    `generator` may be passed instead of a seed: one generator, or a list with one generator per image
+    (see `seeded_generators`; per_image_seeds=True is the shorthand for seeded_generators(s, s+1, ...)).
 
     precision: "float32" (default) is exact. The others are faster and not exact (tokens may differ
     from the float32 path; `make bench` measures by how much): "bfloat16"/"float16" run transformer
@@ -246,13 +354,14 @@ def sample(var: VAR, labels=None, seed: int | None = None, cfg: float = 1.5, top
     `generate_tokens` (e.g. to show the images coarse to fine).
     """
     device = var.pos_1LC.device
-    validate_sampling_args(var.num_classes, None, cfg, top_k, top_p)
+    settings = resolve_sampling(var, cfg, top_k, top_p)
+    cfg, top_k, top_p = settings["cfg"], settings["top_k"], settings["top_p"]
     low_precision = precision_context(precision, device)
     gen_device = "cpu" if device.type == "cpu" else device
-    if generator is None:
-        generator = make_generator(seed, gen_device)
+    labels_B = as_label_tensor(labels, var, device)
+    count = len(labels_B) if labels_B is not None else (num_samples or 1)
+    generator = request_generator(seed, per_image_seeds, generator, count, gen_device)
     per_image = isinstance(generator, (list, tuple))
-    labels_B = as_label_tensor(labels, var.num_classes, device)
     if labels_B is None:
         n = len(generator) if per_image else (num_samples or 1)
         uniform = torch.full((var.num_classes,), 1.0 / var.num_classes, device=device)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,8 @@ import torch
 
 from nextscale.commands.common import (UserError, add_device_args, add_model_args, autocast_context, float_list,
                                        load_model, resolve_device)
-from nextscale.commands.sample import add_sampling_args, parse_classes, sampling_settings
+from nextscale.commands.sample import add_sampling_args, sampling_settings
+from nextscale.sampling import parse_classes
 
 
 def add_parser(sub) -> None:
@@ -19,8 +19,7 @@ def add_parser(sub) -> None:
         description="Regenerate part of an image, conditioned on the rest. In-painting regenerates a box (or the "
                     "white part of a mask image); out-painting keeps the box and regenerates around it; with "
                     "--class the regenerated part follows that class (class-conditional editing). The image is "
-                    "resized and center-cropped to the model's resolution.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "resized and center-cropped to the model's resolution.")
     add_model_args(p)
     what = p.add_argument_group("what to edit")
     what.add_argument("--image", required=True, action="append",
@@ -30,14 +29,18 @@ def add_parser(sub) -> None:
                         help="region as fractions of the height and width, each in [0, 1]")
     region.add_argument("--mask", help="mask image of the same size as the input: white = regenerate, black = keep")
     what.add_argument("--mode", choices=["inpaint", "outpaint"], default="inpaint",
-                      help="with --box: inpaint regenerates the box, outpaint regenerates everything outside it")
+                      help="with --box: inpaint regenerates the box, outpaint regenerates everything outside it "
+                           "(default inpaint)")
     what.add_argument("--class", dest="classes", action="append", metavar="C",
-                      help="class id or name for the regenerated part (default: the null class, i.e. unconditional)")
-    what.add_argument("--num", type=int, default=1, help="variations per input image (seeds seed, seed+1, ...)")
+                      help="class id or name (case-insensitive) for the regenerated part (default: the null class, "
+                           "i.e. unconditional)")
+    what.add_argument("--num", type=int, default=1,
+                      help="variations per input image, variation j with seed+j (default 1); in Python: "
+                           "nextscale.edit(var, image.expand(NUM, -1, -1, -1), keep, seed=SEED, per_image_seeds=True)")
     add_sampling_args(p)
     add_device_args(p)
     out = p.add_argument_group("output")
-    out.add_argument("--out", default="edits", help="output folder")
+    out.add_argument("--out", default="edits", help="output folder (default edits)")
     out.add_argument("--save-tokens", action="store_true",
                      help="also write <name>_tokens.npz with the token maps of every scale (scale_0 ... scale_K-1)")
     out.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -64,7 +67,6 @@ def _keep_mask(args, image_size: tuple[int, int], resolution: int, grid: int) ->
 def run(args) -> int:
     import nextscale
     from nextscale.images import make_grid, pil_to_tensor, read_image, save_png, to_model_input
-    from nextscale.sampling import seeded_generators
 
     if args.num < 1:
         raise UserError(f"--num must be >= 1, got {args.num}")
@@ -90,9 +92,8 @@ def run(args) -> int:
         image = to_model_input([pil_to_tensor(pil, vae.config.image_channels)], vae.resolution,
                                vae.config.image_channels)
         images = image.expand(args.num, -1, -1, -1)
-        generators = seeded_generators(range(args.seed, args.seed + args.num), "cpu" if device.type == "cpu" else device)
-        with autocast_context(device, args.dtype):
-            result = nextscale.edit(var, images, keep, labels=label, generator=generators,
+        with autocast_context(device, args.dtype):  # variation j uses seed + j
+            result = nextscale.edit(var, images, keep, labels=label, seed=args.seed, per_image_seeds=True,
                                     more_smooth=args.more_smooth, **settings)
         edited = result.images.float().cpu()
         # input | input with the regenerated region darkened | the edits

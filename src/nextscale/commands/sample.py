@@ -3,86 +3,58 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
 
 from nextscale.commands.common import UserError, add_device_args, add_model_args, load_model, resolve_device
+from nextscale.sampling import (PUBLISHED_SAMPLING, class_names, parse_classes, recommended_sampling,  # noqa: F401
+                                resolve_sampling)
 
-# Published settings for FID (spec §3); the model's own recommendation, when it ships one, wins.
-DEFAULT_SAMPLING = {"cfg": 1.5, "top_k": 900, "top_p": 0.96}
+# The sampling defaults and the class parser live in the library, shared with Python and the web app.
+DEFAULT_SAMPLING = PUBLISHED_SAMPLING
 
 
 def add_sampling_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("sampling")
     group.add_argument("--seed", type=int, default=0,
                        help="random seed (default 0). Image i uses seed+i, so an image does not depend on the "
-                            "batch size or on how many images are asked for")
+                            "batch size or on how many images are asked for (in Python: seed=SEED, "
+                            "per_image_seeds=True)")
     group.add_argument("--cfg", type=float, default=None,
                        help="classifier-free guidance scale, >= 0; grows linearly over the scales up to this value "
                             "(default: the model's recommendation, else 1.5)")
     group.add_argument("--top-k", type=int, default=None,
-                       help="keep only the k most likely tokens, 0 = off (default: the model's, else 900)")
+                       help="keep only the k most likely tokens, 0 = off (default: the model's recommendation, "
+                            "else 900)")
     group.add_argument("--top-p", type=float, default=None,
                        help="nucleus sampling: keep the most likely tokens holding this probability mass, in [0, 1], "
-                            "0 = off (default: the model's, else 0.96)")
+                            "0 = off (default: the model's recommendation, else 0.96)")
     group.add_argument("--more-smooth", action="store_true",
                        help="Gumbel-softmax code mixing: smoother images for viewing; not for FID")
     group.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
 
 
-def recommended_sampling(var) -> dict:
-    """cfg/top-k/top-p: the model's recommendation, else the published FID settings."""
-    return {**DEFAULT_SAMPLING, **getattr(var, "extra_config", {}).get("sampling", {})}
-
-
 def sampling_settings(args, var) -> dict:
     """cfg/top-k/top-p: the command line, else the model's recommendation, else the published FID ones."""
-    recommended = recommended_sampling(var)
-    settings = {k: getattr(args, k) if getattr(args, k) is not None else recommended[k] for k in DEFAULT_SAMPLING}
-    from nextscale.sampling import validate_sampling_args
-    validate_sampling_args(var.num_classes, None, settings["cfg"], settings["top_k"], settings["top_p"])
+    settings = resolve_sampling(var, args.cfg, args.top_k, args.top_p)
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     return settings
-
-
-def parse_classes(values: list[str] | None, var) -> list[int] | None:
-    """Class ids or (case-insensitive) class names -> ids; 'null' or num_classes is unconditional."""
-    if not values:
-        return None
-    names = [n.lower() for n in getattr(var, "extra_config", {}).get("class_names", [])]
-    ids = []
-    for raw in (v for value in values for v in value.split(",") if v.strip()):
-        v = raw.strip()
-        if v.lstrip("-").isdigit():
-            c = int(v)
-        elif v.lower() in ("null", "none", "unconditional"):
-            c = var.num_classes
-        elif v.lower() in names:
-            c = names.index(v.lower())
-        else:
-            known = f"; class names: {', '.join(names)}" if names else ""
-            raise UserError(f"unknown class {v!r}: give an id in [0, {var.num_classes - 1}] "
-                            f"or {var.num_classes} for unconditional{known}")
-        if not 0 <= c <= var.num_classes:
-            raise UserError(f"class id {c} is outside [0, {var.num_classes}] ({var.num_classes - 1} is the last "
-                            f"class, {var.num_classes} the null class for unconditional sampling)")
-        ids.append(c)
-    return ids
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "sample", help="generate images",
         description="Generate class-conditional images with a VAR model and write a PNG grid, one PNG per image "
-                    "and/or an .npz for the standard ADM/FID evaluator.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "and/or an .npz for the standard ADM/FID evaluator.")
     add_model_args(p)
     what = p.add_argument_group("what to generate")
     what.add_argument("--class", dest="classes", action="append", metavar="C",
-                      help="class id or name; repeat or comma-separate for several (default: all classes). "
-                           "The null class id (= number of classes) samples unconditionally")
+                      help="class id or name (case-insensitive); repeat or comma-separate for several (default: "
+                           "all classes). 'null' or the null class id (= number of classes) samples "
+                           "unconditionally")
     what.add_argument("--num-per-class", type=int, default=None,
                       help="images per class (default 8; the FID protocol is 50 per class)")
     what.add_argument("--num-images", type=int, default=None,
@@ -90,12 +62,14 @@ def add_parser(sub) -> None:
     add_sampling_args(p)
     add_device_args(p)
     out = p.add_argument_group("output")
-    out.add_argument("--out", default="samples", help="output folder")
+    out.add_argument("--out", default="samples", help="output folder (default samples)")
     out.add_argument("--no-grid", action="store_true", help="do not write grid.png")
-    out.add_argument("--no-images", action="store_true", help="do not write one PNG per image (images/)")
+    out.add_argument("--no-images", action="store_true",
+                     help="do not write one PNG per image (images/, with class_names.json when the model has "
+                          "class names)")
     out.add_argument("--npz", nargs="?", const="samples.npz", default=None, metavar="NAME",
-                     help="also write an .npz (arr_0: uint8 N x H x W x 3, labels: int64) into the output folder "
-                          "(default name samples.npz)")
+                     help="also write an .npz (arr_0: uint8 N x H x W x 3, labels: int64, class_names: the "
+                          "model's class names when it has them) into the output folder (default name samples.npz)")
     out.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(run=run)
 
@@ -125,7 +99,6 @@ def image_names(labels: list[int]) -> list[str]:
 def run(args) -> int:
     import nextscale
     from nextscale.images import make_grid, save_images, save_png, to_uint8_hwc
-    from nextscale.sampling import seeded_generators
 
     for name in ("num_per_class", "num_images"):
         value = getattr(args, name)
@@ -153,8 +126,9 @@ def run(args) -> int:
     if existing and not args.overwrite:
         raise UserError(f"{', '.join(map(str, existing))} already exist(s): choose another --out or pass --overwrite")
 
-    generators = seeded_generators(range(args.seed, args.seed + count), "cpu" if device.type == "cpu" else device)
-    result = nextscale.sample(var, labels, generator=generators, batch_size=args.batch_size,
+    # Image i uses seed + i (per_image_seeds): the same call reproduces any image of this command in Python.
+    result = nextscale.sample(var, labels, seed=args.seed, per_image_seeds=True, num_samples=count,
+                              batch_size=args.batch_size,
                               more_smooth=args.more_smooth, progress=True, precision=args.dtype, **settings)
     images = result.images.float().cpu()
     labels_list = result.labels.tolist()
@@ -163,12 +137,19 @@ def run(args) -> int:
     if not args.no_grid:
         ncols = min(args.num_per_class or 8, len(images))  # one row per class
         written.append(save_png(make_grid(images, ncols=ncols), out / "grid.png"))
+    names = class_names(var)
     if not args.no_images:
         save_images(images, out / "images", image_names(labels_list))
+        names_file = out / "images" / "class_names.json"
+        if names:  # `nextscale eval` checks them against its classifier's classes
+            names_file.write_text(json.dumps(names) + "\n")
+        elif names_file.exists():  # --overwrite of another model's samples
+            names_file.unlink()
         written.append(out / "images")
     if args.npz:
         out.mkdir(parents=True, exist_ok=True)
-        np.savez(out / args.npz, arr_0=to_uint8_hwc(images), labels=np.asarray(labels_list, dtype=np.int64))
+        extra = {"class_names": np.array(names)} if names else {}
+        np.savez(out / args.npz, arr_0=to_uint8_hwc(images), labels=np.asarray(labels_list, dtype=np.int64), **extra)
         written.append(out / args.npz)
     print(f"{len(images)} images ({images.shape[-1]}x{images.shape[-2]}, cfg {settings['cfg']}, "
           f"top-k {settings['top_k']}, top-p {settings['top_p']}, seed {args.seed}) -> "

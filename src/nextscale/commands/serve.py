@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import signal
 import sys
@@ -18,27 +17,27 @@ def add_parser(sub) -> None:
                     "watch each scale appear coarse to fine; edit an image (upload one or pick a Fashion-MNIST test "
                     "image, drag a rectangle, in-paint / out-paint / class edit) and download the result. One "
                     "generation runs at a time; further requests wait in a queue. Open the printed address in a "
-                    "browser; stop with Ctrl-C.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "browser; stop with Ctrl-C.")
     add_model_args(p)
     add_device_args(p)
     net = p.add_argument_group("network")
     net.add_argument("--host", default="127.0.0.1",
                      help="address to listen on; the default answers this machine only. Anything else (0.0.0.0 "
                           "for all interfaces) lets others on the network use the app and your CPU/GPU: there is "
-                          "no login")
-    net.add_argument("--port", type=int, default=8000, help="TCP port (0 picks a free one)")
+                          "no login (default 127.0.0.1)")
+    net.add_argument("--port", type=int, default=8000, help="TCP port, 0 picks a free one (default 8000)")
     limits = p.add_argument_group("limits")
     limits.add_argument("--time-limit", type=float, default=120.0,
                         help="seconds one request may run (waiting in the queue not counted); checked between "
-                             "scales, so the scale under way finishes first")
+                             "scales, so the scale under way finishes first (default 120)")
     limits.add_argument("--max-queue", type=int, default=8,
-                        help="requests that may wait behind the running one; more are refused (HTTP 503)")
-    limits.add_argument("--max-images", type=int, default=16, help="most images (or edit variations) per request")
-    limits.add_argument("--max-upload-mb", type=float, default=10.0, help="largest image file accepted, in MB")
+                        help="requests that may wait behind the running one; more are refused, HTTP 503 "
+                             "(default 8)")
+    limits.add_argument("--max-images", type=int, default=16, help="most images (or edit variations) per request (default 16)")
+    limits.add_argument("--max-upload-mb", type=float, default=10.0, help="largest image file accepted, in MB (default 10)")
     limits.add_argument("--max-pixels", type=float, default=16.0,
                         help="largest image accepted, in megapixels (width x height / 1e6); guards against small "
-                             "files that decode to huge images")
+                             "files that decode to huge images (default 16)")
     p.add_argument("--quiet", action="store_true", help="do not log requests to the console")
     p.set_defaults(run=run)
 

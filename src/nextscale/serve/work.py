@@ -9,11 +9,9 @@ from __future__ import annotations
 import torch
 
 import nextscale
-from nextscale.commands.common import UserError, autocast_context
-from nextscale.commands.sample import parse_classes, recommended_sampling
 from nextscale.editing import inpaint_keep_mask, outpaint_keep_mask, shade_regenerated
 from nextscale.images import make_grid, pil_to_tensor, to_model_input, to_uint8_hwc
-from nextscale.sampling import seeded_generators
+from nextscale.sampling import class_id, class_names, precision_context, recommended_sampling
 from nextscale.serve.inputs import (RequestError, decode_data_url, decode_image, get_bool, get_box, get_choice,
                                     get_float, get_int, png_data_url)
 from nextscale.serve.jobs import Job
@@ -40,8 +38,8 @@ class ModelRunner:
         self.max_images = max_images
         self.max_upload_bytes = max_upload_bytes
         self.max_pixels = max_pixels
-        self.class_names = list(getattr(var, "extra_config", {}).get("class_names") or [])
-        self.defaults = recommended_sampling(var)
+        self.class_names = class_names(var)
+        self.defaults = recommended_sampling(var)  # the defaults of nextscale.sample and `nextscale sample`
 
     def info(self) -> dict:
         return {"model": self.name, "resolution": self.vae.resolution, "patch_nums": list(self.var.patch_nums),
@@ -62,8 +60,8 @@ class ModelRunner:
         if value is None or str(value).strip().lower() in ("", "random"):
             return None
         try:
-            return parse_classes([str(value)], self.var)[0]
-        except UserError as e:
+            return class_id(str(value), self.var)
+        except ValueError as e:
             raise RequestError(str(e)) from None
 
     def image(self, data: bytes) -> torch.Tensor:
@@ -85,7 +83,7 @@ class ModelRunner:
         return on_scale
 
     def _seeds(self, body: dict, default_num: int) -> list[int]:
-        """Image i of a request uses seed + i, as the command line does."""
+        """Image i of a request uses seed + i, as the command line does (per_image_seeds=True)."""
         seed = get_int(body, "seed", 0, 0, MAX_SEED - self.max_images)
         n = get_int(body, "num_images", default_num, 1, self.max_images)
         return list(range(seed, seed + n))
@@ -101,13 +99,12 @@ class ModelRunner:
         settings = self.settings(body)
         seeds = self._seeds(body, default_num=min(8, self.max_images))
         label = self.label(body.get("class"))
-        gen_device = "cpu" if self.device.type == "cpu" else self.device
 
         def work(job: Job) -> None:
             # labels None: drawn uniformly per image, as `nextscale sample --num-images` draws them
-            out = nextscale.sample(self.var, None if label is None else [label] * len(seeds),
-                                   generator=seeded_generators(seeds, gen_device),
-                                   precision=self.dtype, on_scale=self._scale_reporter(job), **settings)
+            out = nextscale.sample(self.var, None if label is None else [label] * len(seeds), seed=seeds[0],
+                                   per_image_seeds=True, num_samples=len(seeds), precision=self.dtype,
+                                   on_scale=self._scale_reporter(job), **settings)
             job.result = {**self._finish(job, out.images, seeds, settings), "labels": out.labels.tolist(),
                           "grid": png_data_url(make_grid(out.images.cpu(), ncols=min(len(seeds), 8)))}
         return work, len(self.var.patch_nums)
@@ -130,15 +127,13 @@ class ModelRunner:
             raise RequestError(str(e)) from None
         if keep.all():
             raise RequestError("the rectangle keeps the whole image: nothing is left to regenerate")
-        gen_device = "cpu" if self.device.type == "cpu" else self.device
 
         @torch.no_grad()
         def work(job: Job) -> None:
-            generators = seeded_generators(seeds, gen_device)
             inputs = image.expand(len(seeds), -1, -1, -1).to(self.device)
-            with autocast_context(self.device, self.dtype):
-                out = nextscale.edit(self.var, inputs, keep.to(self.device), labels=label, generator=generators,
-                                     on_scale=self._scale_reporter(job), **settings)
+            with precision_context(self.dtype, self.device):  # float32 or autocast; `serve` refuses int8
+                out = nextscale.edit(self.var, inputs, keep.to(self.device), labels=label, seed=seeds[0],
+                                     per_image_seeds=True, on_scale=self._scale_reporter(job), **settings)
             job.result = {**self._finish(job, out.images, seeds, settings), "label": label, "mode": mode,
                           "input": data_urls(image)[0],
                           "mask": data_urls(shade_regenerated(image[0], keep)[None])[0]}
