@@ -1,21 +1,35 @@
-"""`nextscale train-classifier`: train the Fashion-MNIST classifier that `nextscale eval` uses."""
+"""`nextscale train-classifier`: train the classifier that `nextscale eval` scores samples with."""
 
 from __future__ import annotations
 
 import argparse
 
+EPILOG = """\
+examples:
+  nextscale train-classifier --data data/my_images --resolution 64 --out runs/classifier_own
+  nextscale eval runs/samples_own/samples.npz --classifier runs/classifier_own
+
+An image folder holds one subfolder per class, as for the transformer (class names = subfolder names, ids =
+their sorted order); images are resized (shorter side) and center-cropped to --resolution. Train at your
+model's resolution and channels: eval refuses images of another size, or of other classes. The classifier's
+config.json records the folder(s) and the held-out rule: eval compares samples to the held-out images and
+draws its floor from the training images, so keep the folder where it is (or retrain).
+
+the shipped Fashion-MNIST weights were trained with:
+  nextscale train-classifier --threads 1 --out src/nextscale/assets/fashion_mnist_classifier
+"""
+
 
 def add_parser(subparsers) -> None:
     from nextscale.evaluation.train_classifier import add_arguments
     p = subparsers.add_parser(
-        "train-classifier", help="train the Fashion-MNIST classifier used by `nextscale eval`",
-        description="Train the small CNN whose predictions and 128-d features `nextscale eval` uses (class "
-                    "accuracy, Fréchet distance) on the 60k Fashion-MNIST training images, and report its "
-                    "accuracy on the 10k test images. Writes config.json, model.safetensors and train_log.json; "
-                    "pass the folder to `nextscale eval --classifier`.",
-        epilog="the shipped weights were trained with:\n"
-               "  nextscale train-classifier --threads 1 --out src/nextscale/assets/fashion_mnist_classifier",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        "train-classifier", help="train the classifier used by `nextscale eval` (Fashion-MNIST or your image folder)",
+        description="Train the small CNN whose predictions and 128-d features `nextscale eval --classifier` uses "
+                    "(class accuracy, Fréchet distance, KID) on a labelled image folder (--data), or on the 60k "
+                    "Fashion-MNIST training images without --data, and report its accuracy on held-out images. "
+                    "Writes config.json, model.safetensors and train_log.json; pass the folder to "
+                    "`nextscale eval --classifier`.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
     p.set_defaults(run=run)
 

@@ -1,7 +1,11 @@
-"""The metric math on feature sets: Fréchet distance, k-NN precision/recall, Inception Score.
+"""The metric math on feature sets: Fréchet distance, KID, k-NN precision/recall, Inception Score.
 
 Fréchet distance (Heusel et al. 2017): fit a Gaussian to each feature set and measure
     ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)).
+KID, kernel inception distance (Bińkowski et al. 2018), here in any feature space: the squared maximum mean
+discrepancy between the two sets with the cubic polynomial kernel k(x, y) = (x.y / d + 1)^3, estimated without
+bias (the diagonal terms k(x_i, x_i) are left out, so it can be slightly negative, and its expectation does not
+depend on the number of images, unlike the Fréchet distance's). Mean and std over random subsets.
 Precision/recall (Kynkäänniemi et al. 2019): each set's manifold is the union of balls around its points
 whose radius is the distance to the k-th nearest neighbour in the same set; precision is the fraction of
 generated points inside the real manifold, recall the fraction of real points inside the generated one.
@@ -71,6 +75,50 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6, max_imaginary:
 
 def frechet_distance_of_features(features1_ND, features2_MD) -> float:
     return frechet_distance(*feature_statistics(features1_ND), *feature_statistics(features2_MD))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# KID: unbiased MMD^2 with a cubic polynomial kernel
+
+def polynomial_kernel(x_ND: torch.Tensor, y_MD: torch.Tensor, degree: int = 3, coef0: float = 1.0) -> torch.Tensor:
+    """(x.y / d + coef0)^degree for every pair: (N, M)."""
+    return (x_ND @ y_MD.T / x_ND.shape[1] + coef0) ** degree
+
+
+def mmd2_unbiased(x_ND, y_MD, degree: int = 3) -> float:
+    """Unbiased MMD^2 between the two sets with the polynomial kernel:
+    sum_{i!=j} k(x_i, x_j) / (n(n-1)) + sum_{i!=j} k(y_i, y_j) / (m(m-1)) - 2 sum_{i,j} k(x_i, y_j) / (nm)."""
+    x, y = _as_tensor(x_ND), _as_tensor(y_MD)
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"feature dimensions differ: {x.shape[1]} and {y.shape[1]}")
+    n, m = len(x), len(y)
+    if n < 2 or m < 2:
+        raise ValueError(f"an unbiased MMD needs at least 2 feature vectors per set, got {n} and {m}")
+    k_xx, k_yy, k_xy = polynomial_kernel(x, x, degree), polynomial_kernel(y, y, degree), polynomial_kernel(x, y, degree)
+    within_x = (k_xx.sum() - k_xx.diagonal().sum()) / (n * (n - 1))
+    within_y = (k_yy.sum() - k_yy.diagonal().sum()) / (m * (m - 1))
+    return float(within_x + within_y - 2 * k_xy.mean())
+
+
+def kernel_inception_distance(features1_ND, features2_MD, num_subsets: int = 100, subset_size: int = 1000,
+                              seed: int = 0) -> dict:
+    """KID: {'kid', 'kid_std', 'subsets', 'subset_size'}, the mean and std of the unbiased MMD^2 over `num_subsets`
+    random subsets of min(subset_size, N, M) vectors of each set (drawn without replacement within a subset).
+    When that size takes all of both sets, every subset would be the same: one subset, std 0."""
+    x, y = _as_tensor(features1_ND), _as_tensor(features2_MD)
+    if num_subsets < 1 or subset_size < 2:
+        raise ValueError(f"KID needs num_subsets >= 1 and subset_size >= 2, got {num_subsets} and {subset_size}")
+    size = min(subset_size, len(x), len(y))
+    if size == len(x) == len(y):
+        num_subsets = 1
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(num_subsets):
+        pick_x = np.sort(rng.choice(len(x), size=size, replace=False))
+        pick_y = np.sort(rng.choice(len(y), size=size, replace=False))
+        values.append(mmd2_unbiased(x[pick_x], y[pick_y]))
+    return {"kid": float(np.mean(values)), "kid_std": float(np.std(values)), "subsets": num_subsets,
+            "subset_size": size}
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -5,10 +5,13 @@ the images, uint8 (N, H, W, 3). Its reference batches also hold `mu` and `sigma`
 of the Inception pool features of the reference images. `nextscale sample` adds `labels` (int64 (N,)); we
 also read labels from `arr_1`, where class-conditional samplers in the ADM style put them.
 File names written by `nextscale sample`: `class{c:03d}_{i:05d}.png`; the class is read from the name.
+Class names: `nextscale sample` writes the model's into the .npz (key `class_names`, a unicode array) and into
+`class_names.json` (a JSON list) next to the PNGs; `nextscale eval` checks them against its classifier's.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -20,6 +23,7 @@ from nextscale.images import read_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CLASS_NAME_PATTERN = re.compile(r"^class(\d+)_")
+CLASS_NAMES_FILE = "class_names.json"
 
 
 @dataclass
@@ -30,6 +34,7 @@ class ImageSet:
     mu: np.ndarray | None = None
     sigma: np.ndarray | None = None
     source: str = ""
+    class_names: tuple[str, ...] | None = None  # the generating model's, when the set says (labels index them)
 
     def __len__(self) -> int:
         return 0 if self.images is None else len(self.images)
@@ -66,6 +71,23 @@ def labels_from_names(names: list[str], where: str) -> np.ndarray | None:
     return np.array([int(m.group(1)) for m in matches], dtype=np.int64)
 
 
+def check_class_names(names, labels: np.ndarray | None, where: str) -> tuple[str, ...]:
+    """A list of strings; labels (when given) must index it, or be len(names) (the null class: unconditional)."""
+    if isinstance(names, np.ndarray):
+        if names.ndim != 1 or names.dtype.kind != "U":
+            raise ValueError(f"{where}: class_names must be a 1-d array of strings, got {names.dtype} of shape "
+                             f"{names.shape}")
+        names = names.tolist()
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{where}: class_names must be a non-empty list of strings")
+    if labels is not None and len(labels):
+        bad = labels[(labels < 0) | (labels > len(names))]
+        if len(bad):
+            raise ValueError(f"{where}: class label {int(bad[0])} is outside the {len(names)} classes it names "
+                             f"(0..{len(names) - 1}, and {len(names)} for unconditional)")
+    return tuple(names)
+
+
 def read_image_folder(folder: str | os.PathLike) -> ImageSet:
     folder = Path(folder)
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
@@ -79,7 +101,15 @@ def read_image_folder(folder: str | os.PathLike) -> ImageSet:
         if arrays[-1].shape != arrays[0].shape:
             raise ValueError(f"{folder}: images differ in size ({files[0].name} is {arrays[0].shape[1]}x"
                              f"{arrays[0].shape[0]}, {path.name} is {arrays[-1].shape[1]}x{arrays[-1].shape[0]})")
-    return ImageSet(np.stack(arrays), labels_from_names([p.name for p in files], str(folder)), source=str(folder))
+    labels = labels_from_names([p.name for p in files], str(folder))
+    class_names = None
+    if (folder / CLASS_NAMES_FILE).is_file():
+        where = str(folder / CLASS_NAMES_FILE)
+        try:
+            class_names = check_class_names(json.loads((folder / CLASS_NAMES_FILE).read_text()), labels, where)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where} is not JSON ({e}): it should hold the list of class names") from None
+    return ImageSet(np.stack(arrays), labels, source=str(folder), class_names=class_names)
 
 
 def read_npz(path: str | os.PathLike) -> ImageSet:
@@ -109,7 +139,9 @@ def read_npz(path: str | os.PathLike) -> ImageSet:
                                  f"got {labels.dtype} of shape {labels.shape}")
             labels = labels.astype(np.int64)
             break
-    return ImageSet(images, labels, mu, sigma, source=str(path))
+    class_names = check_class_names(arrays["class_names"], labels, f"{path} (key class_names)") \
+        if "class_names" in arrays else None
+    return ImageSet(images, labels, mu, sigma, source=str(path), class_names=class_names)
 
 
 def read_image_set(path: str | os.PathLike) -> ImageSet:
@@ -125,8 +157,10 @@ def read_image_set(path: str | os.PathLike) -> ImageSet:
 
 
 def write_npz(path: str | os.PathLike, images: np.ndarray, labels: np.ndarray | None = None,
-              mu: np.ndarray | None = None, sigma: np.ndarray | None = None) -> Path:
-    """ADM layout: arr_0 uint8 (N, H, W, 3); labels int64 when given; mu/sigma Inception pool statistics."""
+              mu: np.ndarray | None = None, sigma: np.ndarray | None = None,
+              class_names: list[str] | tuple[str, ...] | None = None) -> Path:
+    """ADM layout: arr_0 uint8 (N, H, W, 3); labels int64 and class_names (unicode) when given; mu/sigma
+    Inception pool statistics."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {"arr_0": as_nhwc3(np.asarray(images), str(path))}
@@ -134,5 +168,7 @@ def write_npz(path: str | os.PathLike, images: np.ndarray, labels: np.ndarray | 
         arrays["labels"] = np.asarray(labels, dtype=np.int64)
     if mu is not None:
         arrays["mu"], arrays["sigma"] = np.asarray(mu), np.asarray(sigma)
+    if class_names is not None:
+        arrays["class_names"] = np.asarray(list(class_names), dtype=str)
     np.savez(path, **arrays)
     return path

@@ -1,0 +1,149 @@
+"""The real images of a classifier: what it was trained on and the held-out images it was measured on.
+
+`nextscale train-classifier` and `nextscale eval` both read them through `load_real_data(data, ...)`, from the
+`data` entry of the classifier's config.json, so eval compares samples to exactly the images the classifier
+never saw in training, and draws the floor's real images from its training images:
+
+    {"kind": "fashion_mnist", "path": None or FOLDER}         train split / test split (padded to 32x32, gray)
+    {"kind": "image_folder", "path": ABSOLUTE_FOLDER,          one subfolder per class (ImageFolderDataset's
+     "eval_path": ABSOLUTE_FOLDER or None,                      convention), images resized (shorter side) and
+     "holdout": 0.1, "holdout_seed": 0,                         center-cropped to `resolution`, 1 or 3 channels
+     "resolution": 32, "channels": 3, ...}
+
+Without `eval_path`, `holdout` of each class is held out: per class, the round(holdout * n) images (at least 1
+of 2 or more, never all) whose hash of "<seed>/<path relative to the folder>" is smallest. The rule does not
+depend on the machine or on the order of files, and adding images to a class moves few others.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+@dataclass
+class RealData:
+    """uint8 (N, H, W, C) images with int64 labels: the training images and the held-out ones."""
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    heldout_images: np.ndarray
+    heldout_labels: np.ndarray
+    class_names: tuple[str, ...]
+    heldout_rule: str  # for people: "Fashion-MNIST test split", "10% of each class held out (seed 0)", ...
+    source: str  # for people: where the images are
+    skipped: list[str] = field(default_factory=list)  # unreadable files
+
+    def summary(self) -> dict:
+        return {"source": self.source, "heldout_rule": self.heldout_rule, "num_train_images": len(self.train_images),
+                "num_heldout_images": len(self.heldout_images), "num_skipped": len(self.skipped)}
+
+
+@dataclass
+class FolderImages:
+    images: np.ndarray  # uint8 (N, H, W, C)
+    labels: np.ndarray  # int64 (N,)
+    classes: tuple[str, ...]
+    files: list[str]  # paths relative to the folder, posix
+    skipped: list[str]
+
+
+def read_labelled_folder(root: str | os.PathLike, resolution: int, channels: int, desc: str = "") -> FolderImages:
+    """Every image of a folder with one subfolder per class, resized and center-cropped as the transformer's data."""
+    from PIL import Image, UnidentifiedImageError
+    from tqdm import tqdm
+
+    from nextscale.data.datasets import ImageFolderDataset, ImageTransform
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist (expected one subfolder of images per class)")
+    transform = ImageTransform(resolution, train=False, channels=channels)
+    dataset = ImageFolderDataset(root, transform)
+    if dataset.num_classes < 2 or dataset.classes == [""]:
+        raise ValueError(f"{root} holds {'images outside class subfolders' if dataset.classes == [''] else 'one class'}"
+                         f": a classifier needs one subfolder per class, at least 2 (e.g. {root}/cats/*.png, "
+                         f"{root}/dogs/*.png)")
+    images, labels, files, skipped = [], [], [], []
+    for path, label in tqdm(list(zip(dataset.files, dataset.labels)), desc=desc or f"reading {root}", leave=False,
+                            disable=len(dataset.files) < 200):
+        try:
+            with Image.open(path) as im:
+                im.load()
+                x = transform(im)
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+            skipped.append(str(path))
+            warnings.warn(f"skipping unreadable image {path} ({e or type(e).__name__})", stacklevel=2)
+            continue
+        images.append(((x.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy())
+        labels.append(label)
+        files.append(Path(path).relative_to(root).as_posix())
+    if not images:
+        raise ValueError(f"no readable image in {root} ({len(skipped)} unreadable files)")
+    return FolderImages(np.stack(images), np.asarray(labels, dtype=np.int64), tuple(dataset.classes), files, skipped)
+
+
+def heldout_mask(files: list[str], labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Boolean (N,): per class, the round(fraction * n) files (at least 1 of 2+, never all) of smallest hash."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"--holdout must be in (0, 1), got {fraction}")
+    mask = np.zeros(len(files), dtype=bool)
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        if len(members) < 2:
+            continue
+        k = min(len(members) - 1, max(1, round(fraction * len(members))))
+        ranked = sorted(members, key=lambda i: hashlib.sha1(f"{seed}/{files[i]}".encode()).hexdigest())
+        mask[ranked[:k]] = True
+    return mask
+
+
+def image_folder_data(path, eval_path=None, holdout: float = 0.1, holdout_seed: int = 0, resolution: int = 32,
+                      channels: int = 3) -> dict:
+    """The `data` entry of a classifier trained on an image folder (absolute paths)."""
+    return {"kind": "image_folder", "path": str(Path(path).resolve()),
+            "eval_path": str(Path(eval_path).resolve()) if eval_path else None,
+            "holdout": None if eval_path else holdout, "holdout_seed": None if eval_path else holdout_seed,
+            "resolution": resolution, "channels": channels}
+
+
+def load_real_data(data: dict, class_names: tuple[str, ...] | None = None) -> RealData:
+    """The training and held-out images a classifier's `data` entry describes (class_names: check they match)."""
+    kind = data.get("kind")
+    if kind == "fashion_mnist":
+        from nextscale.data.fashion_mnist import CLASS_NAMES, DEFAULT_DIR, load_fashion_mnist
+        train_x, train_y = load_fashion_mnist("train", data.get("path"))
+        test_x, test_y = load_fashion_mnist("test", data.get("path"))
+        real = RealData(train_x[..., None], train_y.astype(np.int64), test_x[..., None], test_y.astype(np.int64),
+                        CLASS_NAMES, "Fashion-MNIST test split", f"Fashion-MNIST ({data.get('path') or DEFAULT_DIR})")
+    elif kind == "image_folder":
+        resolution, channels = int(data["resolution"]), int(data["channels"])
+        path = Path(data["path"])
+        train = read_labelled_folder(path, resolution, channels, "reading the training images")
+        if data.get("eval_path"):
+            held = read_labelled_folder(data["eval_path"], resolution, channels, "reading the held-out images")
+            if held.classes != train.classes:
+                raise ValueError(f"the held-out folder {data['eval_path']} has the classes {list(held.classes)}, "
+                                 f"{path} has {list(train.classes)}: give both the same class subfolders")
+            real = RealData(train.images, train.labels, held.images, held.labels, train.classes,
+                            f"the images of {data['eval_path']}", str(path), train.skipped + held.skipped)
+        else:
+            fraction, seed = float(data.get("holdout") or 0.1), int(data.get("holdout_seed") or 0)
+            mask = heldout_mask(train.files, train.labels, fraction, seed)
+            real = RealData(train.images[~mask], train.labels[~mask], train.images[mask], train.labels[mask],
+                            train.classes, f"{fraction:.0%} of each class held out (seed {seed})", str(path),
+                            train.skipped)
+            if len(real.heldout_images) < 2 or len(real.train_images) < 2:
+                raise ValueError(f"{path} has too few images to hold some out ({len(train.images)}): add images, "
+                                 f"or pass --eval-data FOLDER")
+    else:
+        raise ValueError(f"the classifier's config.json names no known real data (data.kind={kind!r}; expected "
+                         f"fashion_mnist or image_folder): retrain it with `nextscale train-classifier`")
+    if class_names is not None and tuple(class_names) != tuple(real.class_names):
+        raise ValueError(f"{real.source} now has the classes {list(real.class_names)}, the classifier was trained on "
+                         f"{list(class_names)}: retrain it (`nextscale train-classifier --data FOLDER`)")
+    return real
