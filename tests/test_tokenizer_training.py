@@ -1,5 +1,5 @@
 """Tokenizer training: loss terms, adaptive GAN weight, gradient routing, dead-code restarts, the trainer
-(checkpoints, exact resume, export), 2-process DDP, and eval-tokenizer."""
+(checkpoints, exact resume, export to model/), 2-process DDP, and eval-tokenizer."""
 
 import json
 import math
@@ -205,7 +205,7 @@ def tiny_config(tmp_path, *extra):
     if not data.exists():
         write_image_folder(data)
     overrides = [
-        f"out_dir={tmp_path / 'run'}", "steps=4", "batch_size=4", "threads=1", f"data.kind=image_folder",
+        f"out_dir={tmp_path / 'run'}", "steps=4", "global_batch=4", "threads=1", f"data.kind=image_folder",
         f"data.path={data}", f"data.eval_path={data}", "data.resolution=8", "data.hflip=true",
         "model.ch=32", "model.ch_mult=1,2", "model.num_res_blocks=1", "model.z_channels=8", "model.vocab_size=32",
         "model.patch_nums=1,2,4", "loss.gan_weight=0.5", "loss.gan_start_step=1", "loss.disc_channels=16",
@@ -221,14 +221,16 @@ def test_trainer_writes_checkpoints_metrics_and_export(tmp_path):
     assert summary["step"] == 4
     assert sorted(p.name for p in (run / "checkpoints").glob("*.pt")) == ["step_00000002.pt", "step_00000004.pt"]
     assert (run / "checkpoints" / "step_00000004.yaml").is_file() and (run / "config.yaml").is_file()
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    all_records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    records = [r for r in all_records if "rec_loss" in r]
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     assert all(k in records[-1] for k in ("rec_loss", "vq_loss", "perceptual_loss", "g_loss", "d_loss",
-                                          "gan_adaptive_weight", "usage_scale3", "eval_psnr", "images_per_s"))
+                                          "gan_adaptive_weight", "usage_scale3", "images_per_s"))
+    assert [r["step"] for r in all_records if "eval_psnr" in r] == [2, 4]  # eval_every=2
     assert "g_loss" not in records[0]  # the GAN starts at step 1 (0-based), i.e. the second step
     assert "codes_restarted" in records[1]
     assert (run / "curves.png").is_file()
-    exported = nextscale.VQVAE.from_pretrained(run / "export")
+    exported = nextscale.VQVAE.from_pretrained(run / "model")
     assert all(torch.equal(a, b) for a, b in zip(exported.state_dict().values(), summary["vae"].state_dict().values()))
 
 
@@ -240,7 +242,7 @@ def test_resume_continues_exactly(tmp_path):
         assert torch.equal(a, b), name
     for a, b in zip(straight["discriminator"].parameters(), resumed["discriminator"].parameters()):
         assert torch.equal(a, b)
-    loss = lambda run: [json.loads(l)["rec_loss"] for l in (run / "metrics.jsonl").read_text().splitlines()]
+    loss = lambda run: [json.loads(l).get("rec_loss") for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert loss(tmp_path / "a" / "run") == loss(tmp_path / "b" / "run")
 
 
@@ -293,7 +295,7 @@ def test_two_process_ddp_keeps_parameters_identical(tmp_path):
 def _override_list(tmp_path):
     data = tmp_path / "images"
     write_image_folder(data)
-    return [f"out_dir={tmp_path / 'run'}", "steps=4", "batch_size=4", "threads=1", "data.kind=image_folder",
+    return [f"out_dir={tmp_path / 'run'}", "steps=4", "global_batch=4", "threads=1", "data.kind=image_folder",
             f"data.path={data}", "data.resolution=8", "model.ch=32", "model.ch_mult=1,2", "model.num_res_blocks=1",
             "model.z_channels=8", "model.vocab_size=32", "model.patch_nums=1,2,4", "loss.gan_weight=0.5",
             "loss.gan_start_step=1", "loss.disc_channels=16", "loss.disc_layers=1", "codebook.restart_every=2",
@@ -328,6 +330,74 @@ def test_eval_tokenizer_errors(tmp_path, capsys):
 
 
 def test_bf16_autocast_trains(tmp_path):
-    summary = train_tokenizer(tiny_config(tmp_path, "precision=bf16", "steps=3", "eval_every=3"))
+    summary = train_tokenizer(tiny_config(tmp_path, "precision=bfloat16", "steps=3", "eval_every=3"))
     assert summary["step"] == 3 and math.isfinite(summary["eval_psnr"])
     assert all(p.dtype == torch.float32 for p in summary["vae"].parameters())  # autocast: float32 weights
+
+
+# ---------------------------------------------------------------------------- the shared config vocabulary
+def _plain_config(tmp_path, *extra):
+    """tiny_config without the GAN and the perceptual loss (faster)."""
+    return tiny_config(tmp_path, "loss.gan_weight=0", "loss.perceptual_weight=0", *extra)
+
+
+def test_held_out_psnr_has_its_own_cadence_and_a_final_logged_value(tmp_path):
+    # eval_every=3 with log_every=2: held-out PSNR at step 3 (not a log step) and at the end (step 4).
+    summary = train_tokenizer(_plain_config(tmp_path, "log_every=2", "eval_every=3", "checkpoint_every=4"))
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    evals = [(r["step"], r["eval_psnr"]) for r in records if "eval_psnr" in r]
+    assert [s for s, _ in evals] == [3, 4]
+    assert evals[-1][1] == pytest.approx(summary["eval_psnr"])  # the final value is logged, not only printed
+    assert [r["step"] for r in records if "rec_loss" in r] == [2, 4]
+
+
+def test_config_speaks_the_var_trainers_vocabulary(tmp_path):
+    from nextscale.training.config import ConfigError
+    cfg = load_config(TokenizerTrainConfig, None, ["global_batch=8", "precision=bf16", "resume=false"])
+    assert (cfg.global_batch, cfg.precision, cfg.resume) == (8, "bfloat16", "never")
+    cfg = load_config(TokenizerTrainConfig, None, ["precision=float16", "resume=true"])
+    assert (cfg.precision, cfg.resume) == ("float16", "auto")
+    assert TokenizerTrainConfig().precision == "float32" and TokenizerTrainConfig().resume == "auto"
+    with pytest.raises(ConfigError, match="batch_size was renamed to global_batch"):
+        load_config(TokenizerTrainConfig, None, ["batch_size=8"])
+    old = tmp_path / "old.yaml"
+    old.write_text("batch_size: 8\n")
+    with pytest.raises(ConfigError, match="renamed to global_batch"):
+        load_config(TokenizerTrainConfig, old)
+    with pytest.raises(ConfigError, match="precision must be float32, bfloat16 or float16"):
+        load_config(TokenizerTrainConfig, None, ["precision=half"])
+
+
+def test_resume_never_and_resume_from_a_path(tmp_path):
+    from nextscale.training.config import ConfigError
+    train_tokenizer(_plain_config(tmp_path, "steps=2", "eval_every=0"))
+    with pytest.raises(ConfigError, match="resume=never"):
+        train_tokenizer(_plain_config(tmp_path, "steps=4", "eval_every=0", "resume=never"))
+    ckpt = tmp_path / "run" / "checkpoints" / "step_00000002.pt"
+    summary = train_tokenizer(_plain_config(tmp_path, "steps=3", "eval_every=0", f"resume={ckpt}",
+                                            f"out_dir={tmp_path / 'other'}"))
+    assert summary["step"] == 3
+    assert [json.loads(l)["step"] for l in (tmp_path / "other" / "metrics.jsonl").read_text().splitlines()] == [3]
+    with pytest.raises(ConfigError, match="no such checkpoint"):
+        train_tokenizer(_plain_config(tmp_path, f"resume={tmp_path / 'nope.pt'}", f"out_dir={tmp_path / 'x'}"))
+
+
+def test_print_config_of_train_tokenizer(capsys):
+    import yaml
+
+    from nextscale.cli import main
+    assert main(["train-tokenizer", str(Path(__file__).parents[1] / "configs" / "tokenizer_fashion_mnist.yaml"), "steps=7", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["steps"] == 7 and printed["global_batch"] == 32 and printed["precision"] == "float32"
+    assert printed["resume"] == "auto" and "batch_size" not in printed
+
+
+def test_eval_tokenizer_reads_a_run_folder_with_model_or_legacy_export(tmp_path, capsys):
+    from nextscale.cli import main
+    data = tmp_path / "images"
+    write_image_folder(data, n=4)
+    for name in ("new_run/model", "old_run/export"):
+        tiny_vae().save_pretrained(tmp_path / name)
+        code = main(["eval-tokenizer", "--tokenizer", str(tmp_path / name.split("/")[0]), "--data", str(data),
+                     "--lpips", "off", "--out", str(tmp_path / "eval")])
+        assert code == 0

@@ -10,8 +10,9 @@ from nextscale.commands.common import UserError
 
 EPILOG = """\
 examples:
-  nextscale eval-tokenizer --tokenizer runs/tokenizer_fmnist/export
-  nextscale eval-tokenizer --tokenizer runs/tokenizer_fmnist --max-images 1000 --out eval_fmnist
+  nextscale eval-tokenizer --tokenizer runs/tokenizer_fmnist
+  nextscale eval-tokenizer --tokenizer runs/tokenizer_fmnist/model --max-images 1000 --out eval_fmnist
+  nextscale eval-tokenizer --tokenizer runs/tokenizer_own --data data/my_images
   nextscale eval-tokenizer --tokenizer vae_ch160v4096z32.pth --data /data/imagenet/val --resize-ratio 1.125
 
 PSNR is the mean over images of each image's PSNR (dB, pixels in [0, 1]); "k scales" decodes the
@@ -29,7 +30,7 @@ def add_parser(subparsers) -> None:
                     "reconstructions.png (top row: originals; row k+1: decoded from k scales; images under 128 px enlarged).",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokenizer", required=True,
-                   help="a tokenizer: a folder (config.json + model.safetensors), a training out_dir (its export/ is "
+                   help="a tokenizer: a folder (config.json + model.safetensors), a train-tokenizer run folder (its model/ is "
                         "used), the published vae_ch160v4096z32.pth, or vae-f16c32")
     p.add_argument("--data", default="fashion-mnist",
                    help="'fashion-mnist' (default) or an image folder (recursive) to evaluate on")
@@ -53,11 +54,9 @@ def add_parser(subparsers) -> None:
 
 
 def resolve_tokenizer_path(path: str) -> str:
-    """A training out_dir stands for its export/ folder."""
-    p = Path(path)
-    if p.is_dir() and not (p / "config.json").exists() and (p / "export" / "config.json").exists():
-        return str(p / "export")
-    return path
+    """A training out_dir stands for its model/ folder (legacy runs: export/)."""
+    from nextscale.training.checkpointing import resolve_model_folder
+    return resolve_model_folder(path)
 
 
 def run(args) -> int:

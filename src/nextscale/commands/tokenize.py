@@ -5,17 +5,21 @@ from __future__ import annotations
 import argparse
 
 from nextscale.commands.common import UserError, resolve_device
+from nextscale.data.datasets import IMAGE_FOLDER_CONVENTION
 
 EPILOG = """\
 examples:
-  nextscale tokenize configs/var_fashion_mnist.yaml --out cache/fashion_mnist
-  nextscale tokenize tokenizer=vae_ch160v4096z32.pth data.kind=image_folder data.path=/data/train \\
-                     data.resolution=256 --flip --out cache/imagenet
+  nextscale tokenize configs/var_fashion_mnist.yaml                 # -> its token_cache: runs/cache_fmnist_train
+  nextscale tokenize configs/var_own_images.yaml data.path=data/my_images
+  nextscale tokenize tokenizer=vae_ch160v4096z32.pth data.path=/data/train data.resolution=256 \\
+                     --flip --out cache/imagenet
 
-The tokenizer and the data are read from a training config (keys `tokenizer` and `data.*`, set in the
-file or as key=value). Images are resized (shorter side) and center-cropped; with --flip the
-horizontally flipped images are stored too, and training with data.hflip=true picks one of the two
-at random per image and epoch. Training refuses a cache made by another tokenizer.
+The tokenizer and the data are read from a training config (keys `tokenizer`, `token_cache` and
+`data.*`, set in the file or as key=value); `tokenizer` may be a train-tokenizer run folder (its
+model/ is used). The cache is written to --out, by default the config's token_cache. Images are
+resized (shorter side) and center-cropped; with --flip the horizontally flipped images are stored
+too, and training with data.hflip=true picks one of the two at random per image and epoch. Training
+refuses a cache made by another tokenizer. With data.eval_fraction the held-out images are left out.
 """
 
 
@@ -24,10 +28,10 @@ def add_parser(subparsers) -> None:
         "tokenize", help="encode a dataset into a token cache for fast training",
         description="Encode every image of a dataset into its multi-scale token maps, once, into a memory-mapped "
                     "cache folder (tokens.npy, labels.npy, header.json with the tokenizer's identity).",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EPILOG + "\n" + IMAGE_FOLDER_CONVENTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", nargs="?", default=None, help="a training config naming the tokenizer and the data")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. tokenizer=PATH")
-    p.add_argument("--out", required=True, help="the cache folder to write")
+    p.add_argument("--out", default=None, help="the cache folder to write (default: the config's token_cache)")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                    help="also store the horizontally flipped images (default: the config's data.hflip)")
     p.add_argument("--split", default="train", choices=["train", "test"],
@@ -49,6 +53,10 @@ def run(args) -> int:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     config, overrides = split_config_and_overrides(args)
     cfg = config_from(config, overrides) if config else config_from({}, overrides)
+    out_path = args.out or cfg.token_cache
+    if not out_path:
+        raise UserError("no cache folder given: pass --out FOLDER or set token_cache=FOLDER (in the config or as "
+                        "key=value)")
     device = resolve_device(args.device)
     vae = load_tokenizer(cfg.tokenizer, cfg.model.patch_nums)
     if cfg.data.resolution != vae.resolution or cfg.data.channels != vae.config.image_channels:
@@ -59,9 +67,9 @@ def run(args) -> int:
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=False,
                                          num_workers=cfg.data.num_workers)
     flip = cfg.data.hflip if args.flip is None else args.flip
-    source = f"{cfg.data.kind}:{cfg.data.path or 'default'}:{args.split}"
+    source = f"{cfg.data.resolved_kind()}:{cfg.data.path or 'default'}:{args.split}"
     with torch.inference_mode():
-        out = build_token_cache(vae, loader, len(dataset), args.out, flip=flip, source=source,
+        out = build_token_cache(vae, loader, len(dataset), out_path, flip=flip, source=source,
                                 overwrite=args.overwrite, device=device, classes=list(dataset.classes))
     skipped = getattr(dataset, "num_skipped", 0)
     print(f"wrote {out}: {len(dataset)} images{' (+ flipped)' if flip else ''}"

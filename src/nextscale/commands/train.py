@@ -5,19 +5,25 @@ from __future__ import annotations
 import argparse
 import sys
 
+from nextscale.data.datasets import IMAGE_FOLDER_CONVENTION
+
 
 EPILOG = """\
 examples:
   nextscale train configs/var_fashion_mnist.yaml
-  nextscale train configs/var_fashion_mnist.yaml steps=200 out_dir=runs/try optim.base_lr=2e-4
+  nextscale train configs/var_fashion_mnist.yaml steps=200 out_dir=runs/try optim.lr=3e-4
+  nextscale train configs/var_own_images.yaml data.path=data/my_images
   nextscale train configs/var_d16.yaml tokenizer=vae_ch160v4096z32.pth data.path=/data/imagenet/train
   torchrun --nproc_per_node 8 -m nextscale.cli train configs/var_d16.yaml ...      (DDP, one node)
   torchrun --nnodes 4 --node_rank R --rdzv_backend c10d --rdzv_endpoint HOST:29500 \\
            --nproc_per_node 8 -m nextscale.cli train configs/var_d30.yaml ...      (multi-node)
 
-Every key of the config (see --print-config) can be set as key=value; nested keys with dots.
-Running the same command again resumes from the newest checkpoint in out_dir (resume=auto);
-SIGTERM / Ctrl-C write a checkpoint before exiting.
+Every key of the config (see --print-config) can be set as key=value; nested keys with dots. An
+override that would not take effect is refused with the reason (optim.base_lr while optim.lr is set,
+epochs while steps is set, optim.warmup_epochs while optim.warmup_steps is set). tokenizer= may be a
+train-tokenizer run folder. Running the same command again resumes from the newest checkpoint in
+out_dir (resume=auto; never; or a checkpoint path); SIGTERM / Ctrl-C write a checkpoint before exiting.
+Held-out loss and token accuracy are logged every eval_every steps and plotted in curves.png.
 """
 
 
@@ -46,7 +52,7 @@ def add_parser(subparsers) -> None:
         "train", help="train a VAR transformer (next-scale prediction)",
         description="Train a class-conditional VAR transformer on image folders or Fashion-MNIST, from a YAML recipe "
                     "(configs/) with key=value overrides. Runs as one process or under torchrun (DDP or FSDP).",
-        epilog=EPILOG + "\n" + config_keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EPILOG + "\n" + IMAGE_FOLDER_CONVENTION + "\n\n" + config_keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", nargs="?", default=None,
                    help="a YAML recipe, e.g. configs/var_fashion_mnist.yaml (optional: defaults + overrides)")
     p.add_argument("overrides", nargs="*", metavar="key=value",

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import argparse
 
+from nextscale.data.datasets import IMAGE_FOLDER_CONVENTION
+
 EPILOG = """\
 examples:
-  nextscale train-tokenizer configs/tokenizer_fashion_mnist.yaml out_dir=runs/tokenizer_fmnist
+  nextscale train-tokenizer configs/tokenizer_fashion_mnist.yaml              # -> runs/tokenizer_fmnist/model
+  nextscale train-tokenizer configs/tokenizer_own_images.yaml data.path=data/my_images
   nextscale train-tokenizer configs/tokenizer_fashion_mnist.yaml steps=200 loss.perceptual_weight=0.1
   nextscale train-tokenizer configs/tokenizer_imagenet_256.yaml data.path=/data/imagenet/train \\
       data.eval_path=/data/imagenet/val
   torchrun --nproc_per_node 8 -m nextscale.cli train-tokenizer configs/tokenizer_imagenet_256.yaml ...   (DDP)
 
 Every key of the config (see --print-config) can be set as key=value; nested keys with dots
-(model.vocab_size=1024, loss.gan_weight=0.1, codebook.restart_every=500). Running the same command
-again resumes from the newest checkpoint in out_dir (resume=false starts over); SIGTERM / Ctrl-C
-write a checkpoint before exiting. out_dir/export/ always holds the latest tokenizer in the
-inference format (nextscale eval-tokenizer --tokenizer out_dir/export).
+(model.vocab_size=1024, loss.gan_weight=0.1, codebook.restart_every=500). The keys match
+`nextscale train`: global_batch, precision=float32|bfloat16|float16, optim.lr (absolute peak lr),
+resume=auto|never|PATH, eval_every (held-out PSNR cadence, independent of log_every). Running the
+same command again resumes from the newest checkpoint in out_dir; SIGTERM / Ctrl-C write a checkpoint
+before exiting. out_dir/model/ always holds the latest tokenizer in the inference format; the run
+folder itself is accepted wherever a tokenizer is asked for (tokenize, train, eval-tokenizer).
 """
 
 
@@ -26,7 +31,7 @@ def add_parser(subparsers) -> None:
         description="Train a multi-scale VQ-VAE tokenizer (reconstruction, codebook/commitment, optional perceptual "
                     "and PatchGAN losses, dead-code restarts) on image folders or Fashion-MNIST, from a YAML recipe "
                     "(configs/) with key=value overrides. Runs as one process or under torchrun (DDP).",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EPILOG + "\n" + IMAGE_FOLDER_CONVENTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", nargs="?", default=None,
                    help="a YAML recipe, e.g. configs/tokenizer_fashion_mnist.yaml (optional: defaults + overrides)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
@@ -51,6 +56,6 @@ def run(args) -> int:
         usage = ", ".join(f"{u:.0%}" for u in summary["usage_per_scale"])
         psnr = f", held-out PSNR {summary['eval_psnr']:.2f} dB" if "eval_psnr" in summary else ""
         print(f"trained to step {summary['step']} in {summary['minutes']:.1f} min{psnr}; codebook usage per scale: "
-              f"{usage}; tokenizer exported to {cfg.out_dir}/export")
+              f"{usage}; tokenizer exported to {cfg.out_dir}/model")
     cleanup_distributed()
     return 0

@@ -2,20 +2,21 @@
 
 Usage:
 
-    data_cfg = DataConfig(kind="image_folder", path="/data/imagenet/train", resolution=256, hflip=True)
+    data_cfg = DataConfig(path="/data/my_images", resolution=64)      # kind "auto": a folder of class subfolders
     train_set = build_dataset(data_cfg, train=True)     # resize shorter side, random crop, optional flip
-    eval_set = build_dataset(data_cfg, train=False, split="test")   # resize shorter side, center crop
+    eval_set = build_dataset(data_cfg, train=False)     # the held-out split: resize shorter side, center crop
     image_Chw, label = train_set[0]                     # float32 (channels, res, res) in [-1, 1], int
     train_set.num_classes, train_set.classes
 
-`DataConfig` is a dataclass meant to be nested in a training config (`data.kind=fashion_mnist`).
-Image folders are scanned recursively; when every image sits inside a top-level subfolder, the
-subfolders are the classes (sorted names -> labels 0..n-1), otherwise every label is 0. A
-corrupt or unreadable image is skipped with a warning and counted in `num_skipped` (checked
-up front with `verify=True`, otherwise when it is first read, replaced by the next image). An
-empty dataset raises `EmptyDatasetError`. Random crops and flips draw from torch's global RNG,
-which DataLoader seeds per worker from the main process's generator: results are reproducible
-for a given seed.
+`DataConfig` is a dataclass meant to be nested in a training config (`data.path=...`).
+
+Which data (`data.kind`, default "auto"): Fashion-MNIST when `data.path` is None or a folder holding the
+Fashion-MNIST IDX files (train-images-idx3-ubyte[.gz] ...), an image folder otherwise.
+
+IMAGE_FOLDER_CONVENTION below is the convention for a folder of one's own images (also printed by the
+--help of `nextscale train-tokenizer`, `tokenize` and `train`). Random crops and flips draw from
+torch's global RNG, which DataLoader seeds per worker from the main process's generator: results are
+reproducible for a given seed.
 """
 
 from __future__ import annotations
@@ -32,6 +33,19 @@ from torch.utils.data import Dataset
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
+IMAGE_FOLDER_CONVENTION = f"""\
+image folders (data.path=FOLDER; data.kind=auto picks Fashion-MNIST only for a folder of its IDX files):
+  FOLDER/<class name>/<any name>.png   one subfolder per class; class names = subfolder names, class ids =
+                                       their sorted order (0, 1, ...); images may sit in deeper subfolders.
+                                       Images directly in FOLDER (no subfolders): one unnamed class.
+  extensions: {' '.join(IMAGE_EXTENSIONS)} (any case); other files are ignored.
+  unreadable or corrupt images are skipped with a warning and counted (data.verify=true checks all up front).
+  every image is resized (shorter side to data.resolution x data.resize_ratio) and cropped to
+  data.resolution x data.resolution: a random crop in training, the center crop for tokenizing and evaluation;
+  grayscale images are repeated to 3 channels (data.channels=3).
+  held-out images: data.eval_path=FOLDER2 (same layout), or data.eval_fraction=0.1 to hold out 10% of each
+  class of FOLDER (the same images in every command); data.max_images=N uses N images spread over the folder."""
+
 
 class EmptyDatasetError(ValueError):
     """A dataset holds no usable image."""
@@ -39,17 +53,60 @@ class EmptyDatasetError(ValueError):
 
 @dataclass
 class DataConfig:
-    """Where the images are and how they are prepared."""
+    """Where the images are and how they are prepared.
 
-    kind: str = "fashion_mnist"  # "fashion_mnist" or "image_folder"
+    `kind`: "auto" (Fashion-MNIST when `path` is None or holds its IDX files, else an image folder),
+    "fashion_mnist" or "image_folder". An image folder holds one subfolder per class (class names =
+    subfolder names, ids = their sorted order), images with the extensions of IMAGE_EXTENSIONS;
+    unreadable files are skipped with a warning and counted; images are resized (shorter side) and
+    cropped (random in training, center otherwise) to `resolution`. See IMAGE_FOLDER_CONVENTION.
+    """
+
+    kind: str = "auto"  # "auto", "fashion_mnist" or "image_folder"
     path: str | None = None  # image folder, or the Fashion-MNIST folder (None: the installed default)
-    eval_path: str | None = None  # image folder for evaluation (image_folder only; None: no held-out split)
+    eval_path: str | None = None  # held-out image folder (image folders only; Fashion-MNIST uses its test split)
+    eval_fraction: float = 0.0  # image folders without eval_path: hold out this fraction of each class
+    max_images: int | None = None  # use only this many images of a split (spread over it); None: all
     resolution: int = 32
     channels: int = 3  # 3 (RGB; grayscale repeated) or 1
     resize_ratio: float = 1.0  # shorter side resized to round(resolution * ratio) before cropping
     hflip: bool = False  # random horizontal flip in training
     verify: bool = False  # decode every image of a folder up front (slow on big folders) to skip bad ones early
     num_workers: int = 0
+
+    def resolved_kind(self) -> str:
+        """"fashion_mnist" or "image_folder" (what "auto" stands for with this path)."""
+        if self.kind == "auto":
+            return "fashion_mnist" if self.path is None or holds_fashion_mnist(self.path) else "image_folder"
+        if self.kind not in ("fashion_mnist", "image_folder"):
+            raise ValueError(f"data.kind must be auto, fashion_mnist or image_folder, got {self.kind!r}")
+        return self.kind
+
+    def override_has_no_effect(self, key: str) -> str | None:
+        """Why an override of `key` would change nothing (config.check_overrides_take_effect), else None."""
+        kind = self.resolved_kind() if self.kind in ("auto", "fashion_mnist", "image_folder") else None
+        if kind == "fashion_mnist" and key in ("eval_path", "eval_fraction"):
+            return ("Fashion-MNIST's held-out images are its test split; data.eval_path/eval_fraction are for "
+                    "image folders (set data.path=FOLDER)")
+        if key == "eval_fraction" and self.eval_path is not None:
+            return f"data.eval_path={self.eval_path} is the held-out set; set data.eval_path=null to hold out a fraction"
+        return None
+
+
+def holds_fashion_mnist(path: str | os.PathLike) -> bool:
+    """Whether `path` is a folder with the Fashion-MNIST training images' IDX file."""
+    p = Path(path)
+    return any((p / name).is_file() for name in ("train-images-idx3-ubyte", "train-images-idx3-ubyte.gz",
+                                                 "t10k-images-idx3-ubyte", "t10k-images-idx3-ubyte.gz"))
+
+
+def spread_indices(n: int, k: int | None) -> np.ndarray:
+    """k indices spread evenly over range(n) (all of them when k is None or >= n)."""
+    if k is None or k >= n:
+        return np.arange(n)
+    if k < 1:
+        raise ValueError(f"data.max_images must be >= 1, got {k}")
+    return np.unique(np.linspace(0, n - 1, k).round().astype(np.int64))
 
 
 # ---------------------------------------------------------------------------- transforms
@@ -103,9 +160,17 @@ def _try_decode(path: Path) -> str | None:
 
 
 class ImageFolderDataset(Dataset):
-    """Every image under `root` (recursive). Labels from top-level subfolders when all images are in one."""
+    """Every image under `root` (recursive), one subfolder per class (see IMAGE_FOLDER_CONVENTION).
 
-    def __init__(self, root: str | os.PathLike, transform: ImageTransform, verify: bool = False):
+    Classes: the top-level subfolders, sorted by name (ids 0..n-1), when every image is inside one;
+    otherwise a single unnamed class. Extensions: IMAGE_EXTENSIONS. Unreadable images are skipped
+    with a warning and counted in `num_skipped`. `holdout` > 0 splits each class (by a hash of the
+    file's relative path, so the split does not depend on the machine): `part="train"` keeps the
+    rest, `part="heldout"` the held-out images. `max_images` keeps that many, spread over the folder.
+    """
+
+    def __init__(self, root: str | os.PathLike, transform: ImageTransform, verify: bool = False,
+                 holdout: float = 0.0, part: str = "all", max_images: int | None = None):
         self.root = Path(root)
         if not self.root.is_dir():
             raise EmptyDatasetError(f"image folder {self.root} does not exist")
@@ -121,6 +186,21 @@ class ImageFolderDataset(Dataset):
             labels = [0] * len(files)
         self.num_skipped = 0
         self.skipped: list[str] = []
+        if part not in ("all", "train", "heldout"):
+            raise ValueError(f"part must be all, train or heldout, got {part!r}")
+        if not 0.0 <= holdout < 1.0:
+            raise ValueError(f"data.eval_fraction must be in [0, 1), got {holdout}")
+        if part != "all" and files:
+            held = self._heldout(files, labels, holdout)
+            keep = [i for i in range(len(files)) if (i in held) == (part == "heldout")]
+            if not keep:
+                raise EmptyDatasetError(f"holding out {holdout:.0%} of each class of {self.root} leaves no "
+                                        f"{'held-out' if part == 'heldout' else 'training'} image: change "
+                                        f"data.eval_fraction or add images")
+            files, labels = [files[i] for i in keep], [labels[i] for i in keep]
+        if max_images is not None and files:
+            keep = spread_indices(len(files), max_images).tolist()
+            files, labels = [files[i] for i in keep], [labels[i] for i in keep]
         if verify and files:
             from tqdm.auto import tqdm
             keep = []
@@ -138,6 +218,24 @@ class ImageFolderDataset(Dataset):
                 f"recursively{'; ' + str(self.num_skipped) + ' unreadable file(s) skipped' if self.num_skipped else ''})")
         self.files = files
         self.labels = labels
+
+    def _heldout(self, files: list[Path], labels: list[int], fraction: float) -> set[int]:
+        """Indices of the held-out images: per class, round(fraction * n) (at least 1 of 2+), by path hash."""
+        import hashlib
+        held: set[int] = set()
+        if fraction <= 0:
+            return held
+        by_class: dict[int, list[int]] = {}
+        for i, label in enumerate(labels):
+            by_class.setdefault(label, []).append(i)
+        for members in by_class.values():
+            if len(members) < 2:
+                continue
+            k = min(len(members) - 1, max(1, round(fraction * len(members))))
+            ranked = sorted(members, key=lambda i: hashlib.sha1(
+                files[i].relative_to(self.root).as_posix().encode()).hexdigest())
+            held.update(ranked[:k])
+        return held
 
     @property
     def num_classes(self) -> int:
@@ -171,9 +269,13 @@ class ImageFolderDataset(Dataset):
 class FashionMNISTDataset(Dataset):
     """Fashion-MNIST (padded to 32x32) through the same transforms; 10 classes."""
 
-    def __init__(self, split: str, transform: ImageTransform, root: str | os.PathLike | None = None):
+    def __init__(self, split: str, transform: ImageTransform, root: str | os.PathLike | None = None,
+                 max_images: int | None = None):
         from nextscale.data.fashion_mnist import CLASS_NAMES, load_fashion_mnist
         self.images, labels = load_fashion_mnist(split, root)
+        if max_images is not None:
+            keep = spread_indices(len(self.images), max_images)
+            self.images, labels = self.images[keep], labels[keep]
         if len(self.images) == 0:
             raise EmptyDatasetError(f"the Fashion-MNIST {split} split is empty")
         self.labels = labels.tolist()
@@ -193,16 +295,36 @@ class FashionMNISTDataset(Dataset):
 
 
 def build_dataset(cfg: DataConfig, train: bool, split: str | None = None) -> Dataset:
-    """The dataset a `DataConfig` describes. `split`: "train"/"test" (default: train if `train` else test)."""
+    """The dataset a `DataConfig` describes. `split`: "train"/"test" (default: train if `train` else test).
+
+    The test split is Fashion-MNIST's test set, `data.eval_path`, or the `data.eval_fraction` held out of
+    `data.path`; a ValueError says how to get one when there is none."""
     split = split or ("train" if train else "test")
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be train or test, got {split!r}")
     transform = ImageTransform(cfg.resolution, train=train, channels=cfg.channels, resize_ratio=cfg.resize_ratio,
                                hflip=cfg.hflip)
-    if cfg.kind == "fashion_mnist":
-        return FashionMNISTDataset(split, transform, cfg.path)
-    if cfg.kind == "image_folder":
-        path = cfg.path if split == "train" else cfg.eval_path
-        if path is None:
-            raise ValueError("data.path must name an image folder for data.kind=image_folder" if split == "train" else
-                             "no held-out image folder: set data.eval_path")
-        return ImageFolderDataset(path, transform, verify=cfg.verify)
-    raise ValueError(f"data.kind must be 'fashion_mnist' or 'image_folder', got {cfg.kind!r}")
+    kind = cfg.resolved_kind()
+    if kind == "fashion_mnist":
+        if cfg.path is not None and Path(cfg.path).is_dir() and not holds_fashion_mnist(cfg.path):
+            raise ValueError(f"data.kind=fashion_mnist but {cfg.path} holds no Fashion-MNIST IDX files "
+                             f"(train-images-idx3-ubyte...): for a folder of images set data.kind=image_folder "
+                             f"(or auto)")
+        return FashionMNISTDataset(split, transform, cfg.path, max_images=cfg.max_images)
+    if cfg.path is None:
+        raise ValueError("data.path must name an image folder for data.kind=image_folder")
+    if split == "train":
+        part = "train" if cfg.eval_path is None and cfg.eval_fraction > 0 else "all"
+        return ImageFolderDataset(cfg.path, transform, verify=cfg.verify, holdout=cfg.eval_fraction, part=part,
+                                  max_images=cfg.max_images)
+    if cfg.eval_path is not None:
+        return ImageFolderDataset(cfg.eval_path, transform, verify=cfg.verify, max_images=cfg.max_images)
+    if cfg.eval_fraction > 0:
+        return ImageFolderDataset(cfg.path, transform, verify=cfg.verify, holdout=cfg.eval_fraction, part="heldout",
+                                  max_images=cfg.max_images)
+    raise NoHeldOutData("no held-out images: set data.eval_path=FOLDER or data.eval_fraction=0.1 (a tenth of "
+                        "each class of data.path held out)")
+
+
+class NoHeldOutData(ValueError):
+    """An image-folder config without data.eval_path or data.eval_fraction."""

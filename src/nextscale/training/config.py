@@ -20,6 +20,13 @@ Usage:
 Override values are parsed as YAML (`steps=10` is an int, `name=null` is None, `a=[1,2]` a list;
 `patch_nums=1,2,3` is also accepted for tuple/list fields). Unknown keys and values of the wrong
 type are a `ConfigError` (a ValueError) naming the key and listing the known ones.
+
+A config dataclass may declare, as class attributes:
+  RENAMED = {"old_key": "new_key"}      an old key in a file or override is an error naming the new one
+  SHADOWED_BY = {"key": "other_key"}    `key` has no effect while `other_key` is not None: an override of
+                                        `key` is then refused with the reason (e.g. optim.base_lr vs optim.lr)
+and a method `override_has_no_effect(self, key) -> str | None` for the other cases (e.g. data.eval_path
+with Fashion-MNIST). Only command-line overrides are checked: a recipe may hold both keys.
 """
 
 from __future__ import annotations
@@ -102,7 +109,31 @@ def load_config(cls, path: str | os.PathLike | None = None, overrides: Sequence[
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping of keys to values, got {type(data).__name__}")
     data = merge(data, parse_overrides(overrides))
-    return from_dict(cls, data)
+    cfg = from_dict(cls, data)
+    check_overrides_take_effect(cfg, overrides)
+    return cfg
+
+
+def check_overrides_take_effect(cfg, overrides: Sequence[str]) -> None:
+    """Refuse (ConfigError, with the reason and the fix) an override that the resolved config ignores."""
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        *parents, name = key.split(".")
+        section, prefix = cfg, ""
+        for part in parents:
+            section = getattr(section, part, None)
+            prefix += part + "."
+        if section is None or not dataclasses.is_dataclass(section):
+            continue
+        shadow = getattr(type(section), "SHADOWED_BY", {}).get(name)
+        if shadow is not None and getattr(section, shadow, None) is not None:
+            value = getattr(section, shadow)
+            raise ConfigError(f"{prefix}{name} has no effect while {prefix}{shadow}={value} is set; set {prefix}"
+                              f"{shadow} instead (or {prefix}{shadow}=null to use {name})")
+        check = getattr(section, "override_has_no_effect", None)
+        reason = check(name) if callable(check) else None
+        if reason:
+            raise ConfigError(f"{prefix}{name} has no effect: {reason}")
 
 
 def from_dict(cls, data: dict, prefix: str = ""):
@@ -111,6 +142,10 @@ def from_dict(cls, data: dict, prefix: str = ""):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    renamed = {k: v for k, v in getattr(cls, "RENAMED", {}).items() if k in data}
+    if renamed:
+        old, new = next(iter(renamed.items()))
+        raise ConfigError(f"config key {prefix}{old} was renamed to {prefix}{new}: write {prefix}{new} instead")
     unknown = sorted(set(data) - set(fields))
     if unknown:
         where = f" in {prefix.rstrip('.')}" if prefix else ""

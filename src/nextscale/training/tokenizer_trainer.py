@@ -8,12 +8,16 @@ Codebook health: usage per scale from the model's `ema_vocab_hit_SV` buffer is l
 that no scale used during the last `codebook.restart_every` steps are re-initialized from recent
 quantizer inputs (the per-scale residuals of the encoder output).
 
-Run:  nextscale train-tokenizer --config configs/tokenizer_fashion_mnist.yaml out_dir=runs/tok steps=2000
-      torchrun --nproc_per_node 2 -m nextscale.cli train-tokenizer --config ...      (DDP)
+Run:  nextscale train-tokenizer configs/tokenizer_fashion_mnist.yaml out_dir=runs/tok steps=2000
+      torchrun --nproc_per_node 2 -m nextscale.cli train-tokenizer configs/...      (DDP)
 Python: `train_tokenizer(load_config(TokenizerTrainConfig, path, overrides))`.
 
+The config speaks the VAR trainer's vocabulary: global_batch, precision float32|bfloat16|float16,
+optim.lr (absolute peak lr), resume auto|never|PATH, eval_every (independent of log_every).
+
 Outputs in `out_dir`: config.yaml, metrics.jsonl, checkpoints/step_N.pt (+ .yaml; resumable),
-export/ (the inference format: `VQVAE.from_pretrained(out_dir/export)`), curves.png.
+model/ (the inference format: `nextscale.load_vae(out_dir)` or `VQVAE.from_pretrained(out_dir/model)`),
+curves.png. Runs of older versions wrote export/ instead of model/; both are read.
 """
 
 from __future__ import annotations
@@ -32,11 +36,33 @@ from nextscale.data.datasets import DataConfig, build_dataset
 from nextscale.tokenizer.vqvae import VQVAE, VQVAEConfig
 from nextscale.training import distributed as dist_utils
 from nextscale.training.checkpointing import CheckpointManager, load_checkpoint, restore_rng_state
-from nextscale.training.config import save_config
+from nextscale.training.config import ConfigError, save_config
 from nextscale.training.discriminator import PatchDiscriminator
 from nextscale.training.losses import (adaptive_gan_weight, hinge_discriminator_loss, hinge_generator_loss, psnr,
                                        reconstruction_loss)
 from nextscale.training.metrics import MetricsLogger, plot_curves, progress_bar
+
+PRECISION_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+PRECISIONS = ("float32", "bfloat16", "float16")
+
+
+def normalize_precision(value: str) -> str:
+    """float32 | bfloat16 | float16 (the old names fp32, bf16, fp16 are accepted)."""
+    value = PRECISION_ALIASES.get(value, value)
+    if value not in PRECISIONS:
+        raise ConfigError(f"precision must be float32, bfloat16 or float16, got {value!r}")
+    return value
+
+
+def normalize_resume(value) -> str:
+    """auto | never | a checkpoint path (true/false are accepted as auto/never)."""
+    if value is True:
+        return "auto"
+    if value is False or value is None:
+        return "never"
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"resume must be auto, never or a checkpoint path, got {value!r}")
+    return value
 
 
 # ---------------------------------------------------------------------------- config
@@ -78,10 +104,12 @@ class OptimConfig:
 
 @dataclass
 class TokenizerTrainConfig:
+    RENAMED = {"batch_size": "global_batch"}
+
     out_dir: str = "runs/tokenizer"
     seed: int = 0
     steps: int = 10000
-    batch_size: int = 64  # global: split evenly over the torchrun processes
+    global_batch: int = 64  # images per step, over all torchrun processes (split evenly)
     model: VQVAEConfig = field(default_factory=VQVAEConfig)
     init_from: str | None = None  # a tokenizer to start from (folder, .pth, preset name)
     data: DataConfig = field(default_factory=DataConfig)
@@ -89,15 +117,19 @@ class TokenizerTrainConfig:
     codebook: CodebookConfig = field(default_factory=CodebookConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     device: str | None = None  # "cpu", "cuda" or None (automatic)
-    precision: str = "fp32"  # "fp32", "bf16" or "fp16" (autocast; bf16/fp16 on GPU)
+    precision: str = "float32"  # float32, bfloat16 or float16 (autocast; float16 needs a GPU); fp32/bf16/fp16 too
     threads: int = 0  # torch CPU threads per process (0: torch's default)
     log_every: int = 25
-    eval_every: int = 500  # PSNR on `eval_images` held-out images (0: never)
+    eval_every: int = 500  # held-out PSNR on `eval_images` images every this many steps and at the end (0: never)
     eval_images: int = 512
-    checkpoint_every: int = 1000  # also writes export/ (the inference format)
+    checkpoint_every: int = 1000  # also writes model/ (the inference format)
     keep_checkpoints: int = 2
     time_limit_minutes: float = 0.0  # stop (with a checkpoint and export) after this long; 0: no limit
-    resume: bool = True  # continue from the latest checkpoint in out_dir/checkpoints when there is one
+    resume: str | bool = "auto"  # auto: continue from the newest checkpoint in out_dir; never; or a checkpoint path
+
+    def __post_init__(self):
+        self.precision = normalize_precision(self.precision)
+        self.resume = normalize_resume(self.resume)
 
 
 # ---------------------------------------------------------------------------- pieces
@@ -211,12 +243,11 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> dict:
         torch.set_num_threads(cfg.threads)
     info = dist_utils.init_distributed(cfg.device)
     device, main = info.device, info.is_main
-    if cfg.batch_size % info.world_size:
-        raise ValueError(f"batch_size {cfg.batch_size} does not split evenly over {info.world_size} processes")
-    if cfg.precision not in ("fp32", "bf16", "fp16"):
-        raise ValueError(f"precision must be fp32, bf16 or fp16, got {cfg.precision!r}")
-    if cfg.precision == "fp16" and device.type != "cuda":
-        raise ValueError("precision fp16 needs a GPU; use fp32 (or bf16) on CPU")
+    if cfg.global_batch % info.world_size:
+        raise ValueError(f"global_batch {cfg.global_batch} does not split evenly over {info.world_size} processes")
+    precision = normalize_precision(cfg.precision)
+    if precision == "float16" and device.type != "cuda":
+        raise ValueError("precision float16 needs a GPU; use float32 (or bfloat16) on CPU")
     if cfg.data.resolution != cfg.model.resolution:
         raise ValueError(f"data.resolution {cfg.data.resolution} does not match the tokenizer's resolution "
                          f"{cfg.model.resolution} (= last patch_num {cfg.model.patch_nums[-1]} x downsample "
@@ -228,13 +259,14 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> dict:
         raise ValueError(f"loss.disc_layers={cfg.loss.disc_layers} halves {cfg.model.resolution} px images too often "
                          f"for the discriminator's 4x4 convs: use at most {most}")
     out_dir = Path(cfg.out_dir)
-    per_rank_batch = cfg.batch_size // info.world_size
+    per_rank_batch = cfg.global_batch // info.world_size
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
 
     # Data: a seeded distributed sampler; num_workers 0 keeps the random crops on this process's RNG.
     train_set = build_dataset(cfg.data, train=True)
-    if len(train_set) < cfg.batch_size:
-        raise ValueError(f"the training set has {len(train_set)} images, fewer than one batch ({cfg.batch_size})")
+    if len(train_set) < cfg.global_batch:
+        raise ValueError(f"the training set has {len(train_set)} images, fewer than one batch ({cfg.global_batch}): "
+                         f"lower global_batch")
     sampler = _ResumableSampler(dist_utils.make_sampler(train_set, shuffle=True, seed=cfg.seed, drop_last=True))
     # The loader's own generator draws the worker seeds, so creating an iterator leaves the global RNG alone.
     loader = DataLoader(train_set, batch_size=per_rank_batch, sampler=sampler, drop_last=True,
@@ -243,18 +275,20 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> dict:
     batches_per_epoch = len(sampler.sampler) // per_rank_batch
     eval_images = None
     if main and cfg.eval_every > 0 and cfg.eval_images > 0:
+        from nextscale.data.datasets import NoHeldOutData
         try:
             eval_set = build_dataset(cfg.data, train=False)
             n = min(cfg.eval_images, len(eval_set))
             eval_images = torch.stack([eval_set[i][0] for i in range(n)]).to(device)
-        except ValueError:
-            eval_images = None  # e.g. an image folder without data.eval_path
+        except NoHeldOutData as e:
+            eval_images = None
+            dist_utils.print_main(f"held-out PSNR skipped: {e}")
 
     # Models and optimizers.
     vae = VQVAE(cfg.model)
     if cfg.init_from:
-        from nextscale.checkpoints import load_vae
-        start = load_vae(cfg.init_from, patch_nums=cfg.model.patch_nums)
+        from nextscale.training.checkpointing import resolve_model_folder
+        start = nextscale_load_vae(resolve_model_folder(cfg.init_from), patch_nums=cfg.model.patch_nums)
         if start.config.to_dict() != vae.config.to_dict():
             raise ValueError(f"init_from {cfg.init_from} has another architecture than `model`: "
                              f"{start.config.to_dict()} vs {vae.config.to_dict()}")
@@ -283,15 +317,26 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> dict:
         perceptual = LPIPS(cfg.loss.vgg_weights, cfg.loss.lpips_heads).to(device)
         dist_utils.print_main(f"perceptual loss: VGG16 from {perceptual.vgg_source}, heads {perceptual.heads_source}"
                               + ("" if perceptual.is_published_lpips else " (values differ from published LPIPS)"))
-    scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "float16")
+    autocast_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(precision)
     restart_gen = torch.Generator().manual_seed(cfg.seed + 1)
     window_hits_V = torch.zeros(cfg.model.vocab_size, device=device)
 
     # Resume.
     ckpts = CheckpointManager(out_dir / "checkpoints", keep_last=cfg.keep_checkpoints)
     step, epoch, batch_in_epoch, elapsed_before = 0, 0, 0, 0.0
-    latest = ckpts.latest() if cfg.resume else None
+    resume = normalize_resume(cfg.resume)
+    if resume == "never":
+        latest = None
+        if ckpts.latest() is not None:
+            raise ConfigError(f"{ckpts.folder} already holds checkpoints and resume=never: choose another out_dir, "
+                              f"delete them, or resume=auto to continue")
+    elif resume == "auto":
+        latest = ckpts.latest()
+    else:
+        latest = Path(resume)
+        if not latest.is_file():
+            raise ConfigError(f"resume={resume}: no such checkpoint file (use auto, never or a checkpoint_*.pt path)")
     if latest is not None:
         state = load_checkpoint(latest, map_location=device)
         vae.load_state_dict(state["vae"])
@@ -327,7 +372,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> dict:
         if use_gan:
             state["disc"], state["opt_d"] = disc.state_dict(), opt_d.state_dict()
         ckpts.save(step_now, state, config=cfg)
-        vae.save_pretrained(out_dir / "export")
+        vae.save_pretrained(out_dir / "model")
 
     start_time = time.time()
     batches = _infinite_batches(loader, sampler, per_rank_batch, epoch, batch_in_epoch)
@@ -416,7 +461,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> dict:
             # ---- logging
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0) + (v.double() if isinstance(v, torch.Tensor) else v)
-            images_seen_since_log += cfg.batch_size
+            images_seen_since_log += cfg.global_batch
             if main:
                 bar.update(1)
             if step % cfg.log_every == 0 or step == cfg.steps:
@@ -431,9 +476,6 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> dict:
                     record["train_psnr"] = 10 * math.log10(4.0 / max(record["rec_loss"], 1e-10))
                 usage = usage_per_scale(vae, cfg.codebook.usage_threshold)
                 record.update({f"usage_scale{si + 1}": u for si, u in enumerate(usage)})
-                if cfg.eval_every > 0 and step % cfg.eval_every == 0 and eval_images is not None:
-                    last_eval = (step, evaluate_psnr(vae, eval_images))
-                    record["eval_psnr"] = last_eval[1]
                 metrics.log(step, **record)
                 sums, images_seen_since_log, log_clock = {}, 0, now
                 if main:
@@ -442,6 +484,10 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> dict:
                         postfix["psnr"] = f"{record['train_psnr']:.1f}"
                     bar.set_postfix({**postfix, "img/s": f"{record['images_per_s']:.0f}",
                                      "use": f"{usage[-1]:.2f}"}, refresh=True)
+            # Held-out evaluation: its own cadence (not tied to log_every), its own metrics line.
+            if main and eval_images is not None and cfg.eval_every > 0 and step % cfg.eval_every == 0:
+                last_eval = (step, evaluate_psnr(vae, eval_images))
+                metrics.log(step, eval_psnr=last_eval[1])
             elapsed_min = (elapsed_before + time.time() - start_time) / 60
             out_of_time = cfg.time_limit_minutes > 0 and elapsed_min >= cfg.time_limit_minutes
             out_of_time, stop_now = dist_utils.broadcast_object((out_of_time, bool(stop.signum)))
@@ -452,23 +498,40 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> dict:
                                       + ("time limit reached" if out_of_time else "signal received"))
                 break
     bar.close()
-    metrics.close()
     summary = {"step": step, "minutes": (elapsed_before + time.time() - start_time) / 60,
                "usage_per_scale": usage_per_scale(vae, cfg.codebook.usage_threshold),
                "vae": vae, "discriminator": disc}
     if main and eval_images is not None:
-        summary["eval_psnr"] = (last_eval[1] if last_eval is not None and last_eval[0] == step
-                                else evaluate_psnr(vae, eval_images))
+        if last_eval is None or last_eval[0] != step:  # the final held-out PSNR, logged like the others
+            last_eval = (step, evaluate_psnr(vae, eval_images))
+            metrics.log(step, eval_psnr=last_eval[1])
+        summary["eval_psnr"] = last_eval[1]
+    metrics.close()
     if main:
-        keys = ["rec_loss", "vq_loss", "train_psnr", "eval_psnr", f"usage_scale{len(cfg.model.patch_nums)}"]
-        keys += [k for k in ("perceptual_loss", "g_loss", "d_loss") if k in sums or _logged(out_dir, k)]
-        plot_curves(out_dir / "metrics.jsonl", out_dir / "curves.png", keys, log_y=["rec_loss", "vq_loss"])
+        keys = [("train_psnr", "eval_psnr"), "rec_loss", "vq_loss", "usage_scale*"]
+        keys += [k for k in ("perceptual_loss", ("g_loss", "d_loss")) if _logged(out_dir, k)]
+        _plot(out_dir / "metrics.jsonl", out_dir / "curves.png", keys, log_y=["rec_loss", "vq_loss"])
     dist_utils.barrier()
     return summary
 
 
-def _logged(out_dir: Path, key: str) -> bool:
+def _plot(jsonl, png, keys, log_y=()) -> None:
+    """curves.png; a plotting failure is a warning, never the end of a finished training."""
+    try:
+        plot_curves(jsonl, png, keys, log_y=log_y)
+    except Exception as e:  # noqa: BLE001
+        import warnings
+        warnings.warn(f"could not draw {png}: {type(e).__name__}: {e}")
+
+
+def _logged(out_dir: Path, key) -> bool:
     from nextscale.training.metrics import read_jsonl
     path = out_dir / "metrics.jsonl"
-    return path.is_file() and any(key in r for r in read_jsonl(path)[-5:])
+    keys = (key,) if isinstance(key, str) else tuple(key)
+    return path.is_file() and any(k in r for r in read_jsonl(path)[-5:] for k in keys)
+
+
+def nextscale_load_vae(path, **kwargs):
+    import nextscale
+    return nextscale.load_vae(path, **kwargs)
 

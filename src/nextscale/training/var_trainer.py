@@ -15,6 +15,11 @@ random augmentations of an item are seeded by (seed, epoch, item). A checkpoint 
 the data order with the step; with the model, optimizer, scheduler, gradient scaler and every
 rank's random states it makes a resumed run continue exactly as an uninterrupted one.
 
+Held-out metrics: every `eval_every` steps and at the end, the loss and token accuracy (overall and
+per scale: eval_loss, eval_acc, eval_acc_s{k}) on up to `eval_images` held-out images (Fashion-MNIST's
+test split, data.eval_path or data.eval_fraction of an image folder), tokenized once at setup. They
+draw no random numbers, so resuming stays exact.
+
 Run folder (`out_dir`): config.yaml, tokenizer/ (the tokenizer trained with, so that the run is
 self-contained), checkpoints/step_*.pt (+ .yaml), metrics.jsonl, samples/step_*.png, curves.png
 and, at the end, model/ (the inference format `nextscale.load_var` reads).
@@ -38,7 +43,8 @@ import torch.nn.functional as F
 from nextscale.data.datasets import DataConfig, build_dataset
 from nextscale.training import distributed as D
 from nextscale.training.checkpointing import CheckpointManager, load_checkpoint, restore_rng_state
-from nextscale.training.config import ConfigError, config_to_dict, from_dict, load_config, save_config
+from nextscale.training.config import (ConfigError, check_overrides_take_effect, config_to_dict, from_dict,
+                                       load_config, save_config)
 from nextscale.training.metrics import MetricsLogger, plot_curves, progress_bar
 from nextscale.training.optim import build_adamw, build_scheduler, scaled_lr
 from nextscale.training.token_cache import TokenCache, TokenCacheError, split_scales, tokenizer_identity
@@ -67,8 +73,10 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    base_lr: float = 1e-4  # peak lr = base_lr * global_batch / 256
-    lr: float | None = None  # an absolute peak lr instead of the scaled one
+    SHADOWED_BY = {"base_lr": "lr", "warmup_epochs": "warmup_steps"}
+
+    base_lr: float = 1e-4  # peak lr = base_lr * global_batch / 256 (used while lr is null)
+    lr: float | None = None  # an absolute peak lr instead of the scaled one (as in train-tokenizer)
     weight_decay: float = 0.05
     final_weight_decay: float | None = None  # weight decay at the last step, linearly from weight_decay (None: constant)
     betas: tuple[float, ...] = (0.9, 0.95)
@@ -96,8 +104,10 @@ class SampleConfig:
 
 @dataclass
 class TrainConfig:
+    SHADOWED_BY = {"epochs": "steps"}
+
     out_dir: str = "runs/var"
-    tokenizer: str | None = None  # a tokenizer folder / .pth / preset (required)
+    tokenizer: str | None = None  # a train-tokenizer run folder, a tokenizer folder / .pth / preset (required)
     token_cache: str | None = None  # a folder written by `nextscale tokenize`; None: tokenize on the fly
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -114,20 +124,31 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     parallel: str = "ddp"  # ddp, or fsdp (parameters, gradients and optimizer state sharded over ranks)
     log_every: int = 10
+    eval_every: int = 500  # held-out loss/accuracy every this many steps and at the end (0: never)
+    eval_images: int = 512  # held-out images evaluated (tokenized once at setup)
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
-    resume: str = "auto"  # auto: continue from the newest checkpoint in out_dir; never; or a checkpoint path
+    resume: str | bool = "auto"  # auto: continue from the newest checkpoint in out_dir; never; or a checkpoint path
     export_at_end: bool = True  # write out_dir/model (inference format) when training finishes
     tensorboard: bool = True  # also log to TensorBoard when it is installed
     progress: bool = True
 
+    def __post_init__(self):
+        from nextscale.training.tokenizer_trainer import normalize_precision, normalize_resume
+        self.precision = normalize_precision(self.precision)
+        self.resume = normalize_resume(self.resume)
+
 
 def config_from(config, overrides=()) -> TrainConfig:
-    """A TrainConfig from a TrainConfig, a dict, or a YAML path (+ key=value overrides)."""
+    """A TrainConfig from a TrainConfig, a dict, or a YAML path (+ key=value overrides).
+
+    An override that would not take effect (e.g. optim.base_lr while optim.lr is set) is a ConfigError."""
     if isinstance(config, TrainConfig):
         config = config_to_dict(config)
     if isinstance(config, dict):
-        return from_dict(TrainConfig, _merge_overrides(config, overrides))
+        cfg = from_dict(TrainConfig, _merge_overrides(config, overrides))
+        check_overrides_take_effect(cfg, overrides)
+        return cfg
     return load_config(TrainConfig, config, overrides)
 
 
@@ -247,11 +268,20 @@ class TokenSource:
 
 # ============================================================================ models
 def load_tokenizer(path: str | None, patch_nums=None):
+    """The tokenizer `path` names: a train-tokenizer run folder (its model/), a tokenizer folder, a .pth, a preset."""
     import nextscale
+    from nextscale.training.checkpointing import resolve_model_folder
     if not path:
-        raise ConfigError("no tokenizer given: set tokenizer=PATH (a folder written by `nextscale train-tokenizer` "
-                          "or `save_pretrained`, a .pth, or the preset vae-f16c32)")
-    vae = nextscale.load_vae(path)
+        raise ConfigError("no tokenizer given: set tokenizer=PATH (a run folder written by `nextscale train-tokenizer`, "
+                          "a tokenizer folder, a .pth, or the preset vae-f16c32)")
+    p = Path(path)
+    if p.is_dir() and not (p / "config.json").is_file() and resolve_model_folder(p) == str(p):
+        if (p / "checkpoints").is_dir():
+            raise ConfigError(f"tokenizer={path} is a train-tokenizer run without an exported model yet "
+                              f"(no {p / 'model'}): let `nextscale train-tokenizer` reach a checkpoint first")
+        raise ConfigError(f"tokenizer={path} is neither a tokenizer folder (config.json + model.safetensors) nor a "
+                          f"train-tokenizer run folder (with model/)")
+    vae = nextscale.load_vae(resolve_model_folder(path))
     if patch_nums is not None and tuple(patch_nums) != tuple(vae.patch_nums):
         try:
             vae.set_patch_nums(patch_nums)
@@ -469,12 +499,75 @@ class _Trainer:
             torch.manual_seed(cfg.seed * 1000 + 1 + self.info.rank)
         self.source = TokenSource(cfg, self.vae, self.order, self.dataset, self.cache, self.device, self.step,
                                   self.info.rank, self.world, self.accum)
+        self.eval_batches = self._held_out_batches()
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.out / "config.yaml")
             if not (self.out / "tokenizer").is_dir():
                 self.vae.save_pretrained(self.out / "tokenizer")
         D.barrier()
+
+    def _held_out_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """This rank's share of the held-out images as (tokens (B, L), labels (B,)) on the device, encoded once.
+
+        Every rank gets the same number of images (and batches), as FSDP needs for its collective forwards."""
+        cfg = self.cfg
+        if cfg.eval_every <= 0 or cfg.eval_images <= 0:
+            return None
+        from nextscale.data.datasets import NoHeldOutData
+        if cfg.data.resolution != self.vae.resolution or cfg.data.channels != self.vae.config.image_channels:
+            D.print_main(f"held-out metrics skipped: data.resolution/channels ({cfg.data.resolution} px, "
+                         f"{cfg.data.channels} ch) do not match the tokenizer's ({self.vae.resolution} px, "
+                         f"{self.vae.config.image_channels} ch)")
+            return None
+        try:
+            dataset = build_dataset(cfg.data, train=False)
+        except NoHeldOutData as e:
+            D.print_main(f"held-out metrics skipped: {e}")
+            return None
+        n = min(cfg.eval_images, len(dataset)) // self.world * self.world
+        if n == 0:
+            D.print_main(f"held-out metrics skipped: fewer held-out images ({len(dataset)}) than processes")
+            return None
+        per_rank = n // self.world
+        start = self.info.rank * per_rank
+        batches = []
+        with torch.no_grad():
+            for i in range(start, start + per_rank, self.micro):
+                items = [dataset[j] for j in range(i, min(i + self.micro, start + per_rank))]
+                images = torch.stack([im for im, _ in items]).to(self.device)
+                labels = torch.as_tensor([label for _, label in items], device=self.device)
+                if int(labels.max()) >= self.num_classes:
+                    raise ConfigError(f"the held-out images have class ids up to {int(labels.max())} but the model has "
+                                      f"{self.num_classes} classes: the held-out folder must have the training "
+                                      f"folder's class subfolders")
+                batches.append((torch.cat(self.vae.encode_tokens(images), dim=1), labels))
+        D.print_main(f"held-out metrics on {n} images every {cfg.eval_every} steps")
+        return batches
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Held-out loss and token accuracy, overall and per scale (a collective: every rank calls it)."""
+        model = self.train_model
+        model.eval()
+        stats = self.new_stats()
+        try:
+            for tokens_BL, labels_B in self.eval_batches:
+                inputs, target_BL = model_targets(self.raw_model, self.vae, tokens_BL)
+                with self.autocast:
+                    _, loss_S, correct_S = forward_and_stats(model, labels_B, inputs, target_BL, self.segments,
+                                                             self.cfg.optim.label_smoothing)
+                stats.loss_sum_S += loss_S
+                stats.correct_S += correct_S
+                stats.count_S += torch.tensor([float(s * len(labels_B)) for s in self.segments], device=self.device)
+        finally:
+            model.train()
+        summed = D.all_reduce_sum(torch.stack([stats.loss_sum_S, stats.correct_S, stats.count_S]))
+        total = summed.sum(dim=1)
+        rec = {"eval_loss": float(total[0] / total[2]), "eval_acc": float(total[1] / total[2])}
+        if len(self.segments) > 1:
+            rec.update({f"eval_acc_s{s}": float(a) for s, a in enumerate((summed[1] / summed[2]).tolist())})
+        return rec
 
     def _wrap(self, model):
         cfg = self.cfg
@@ -632,7 +725,6 @@ class _Trainer:
     def write_samples(self) -> Path | None:
         if not self.main or self.cfg.parallel == "fsdp" and D.is_distributed():
             return None  # a sharded model cannot sample on one rank; export and sample instead
-        from nextscale.images import make_grid, save_png
         scfg = self.cfg.sample
         classes = list(scfg.classes) if scfg.classes else \
             sorted({round(i * (self.num_classes - 1) / max(min(self.num_classes, 10) - 1, 1))
@@ -647,7 +739,15 @@ class _Trainer:
         finally:
             model.train(was_training)
         path = self.out / "samples" / f"step_{self.step:08d}.png"
-        save_png(make_grid(images.float().cpu(), ncols=scfg.per_class), path)
+        names = self.class_names or []
+        row_labels = [names[c] if c < len(names) and names[c] else f"class {c}" for c in classes]
+        try:
+            from nextscale.images import save_labeled_grid
+        except ImportError:  # an older nextscale.images: the grid without labels
+            from nextscale.images import make_grid, save_png
+            save_png(make_grid(images.float().cpu(), ncols=scfg.per_class), path)
+            return path
+        save_labeled_grid(images.float().cpu(), path, ncols=scfg.per_class, row_labels=row_labels)
         return path
 
     # ------------------------------------------------------------------ run
@@ -662,6 +762,8 @@ class _Trainer:
         window_start, window_steps = time.perf_counter(), 0
         stats = self.new_stats()  # summed over the steps since the last log line
         last_record: dict = {}
+        last_eval: dict = {}
+        last_eval_step = None
         with D.StopRequested() as stop:
             while self.step < self.total_steps:
                 grad_norm = self.train_step(stats)
@@ -683,26 +785,37 @@ class _Trainer:
                     self.save_checkpoint()
                 if cfg.sample.every and self.step % cfg.sample.every == 0:
                     self.write_samples()
+                if self.eval_batches is not None and self.step % cfg.eval_every == 0:
+                    last_eval = self.evaluate()
+                    last_eval_step = self.step
+                    metrics.log(self.step, **last_eval)
                 if self.on_step is not None:
                     self.on_step(self.step, last_record)
                 stopped_by = stop.agreed(self.device)
                 if stopped_by:
                     break
             bar.close()
+            if not stopped_by and self.eval_batches is not None and last_eval_step != self.step:
+                last_eval = self.evaluate()  # the final held-out metrics
+                metrics.log(self.step, **last_eval)
             path = self.save_checkpoint()
         metrics.close()
         summary = {"step": self.step, "start_step": start_step, "total_steps": self.total_steps,
                    "checkpoint": str(path) if path else None, "stopped_by_signal": stopped_by,
                    "skipped_images": getattr(self.dataset, "num_skipped", 0), "rank": self.info.rank,
-                   **last_record}
+                   **last_record, **last_eval}
         if stopped_by:
             D.print_main(f"stopped by signal {stopped_by} at step {self.step}; checkpoint {path}; "
                          f"run the same command again to resume")
             return summary
         if self.main:
             if (self.out / "metrics.jsonl").is_file():
-                plot_curves(self.out / "metrics.jsonl", self.out / "curves.png", keys=["loss", "acc", "lr"])
-                summary["curves"] = str(self.out / "curves.png")
+                try:
+                    plot_curves(self.out / "metrics.jsonl", self.out / "curves.png",
+                                keys=[("loss", "eval_loss"), ("acc", "eval_acc"), "acc_s*", "lr"])
+                    summary["curves"] = str(self.out / "curves.png")
+                except Exception as e:  # noqa: BLE001 - a plot never ends a finished training
+                    warnings.warn(f"could not draw {self.out / 'curves.png'}: {type(e).__name__}: {e}")
             if not (cfg.parallel == "fsdp" and D.is_distributed()):
                 summary["samples"] = str(self.write_samples())
             if cfg.export_at_end:
