@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -114,3 +115,19 @@ def test_bad_sampling_arguments(ref_var, kwargs, message):
 def test_bad_boxes(box):
     with pytest.raises(ValueError, match="box"):
         inpaint_keep_mask(box, 16)
+
+
+@pytest.mark.parametrize("labels", [[3, 7], (3, 7), torch.tensor([3, 7]), np.array([3, 7]), [np.int64(3), torch.tensor(7)],
+                                    ["3", " 7 "], "3,7"])
+def test_label_forms_give_the_same_ids(ref_var, labels):
+    from nextscale.sampling import as_label_tensor
+    assert as_label_tensor(labels, ref_var, "cpu").tolist() == [3, 7]
+
+
+@pytest.mark.parametrize("labels, message", [
+    (torch.tensor([1.5]), "integers"), ([2.0], "an id"), (["cat"], "this model has no class names"),
+    ([True], "an id"), (["-1"], "outside"),
+])
+def test_bad_label_forms(ref_var, labels, message):
+    with pytest.raises(ValueError, match=message):
+        nextscale.sample(ref_var, labels, seed=0, cfg=1.0, top_k=10, top_p=0.0)
