@@ -108,8 +108,8 @@ def test_metrics_jsonl_and_plot(tmp_path):
     records = read_jsonl(tmp_path / "metrics.jsonl")
     assert len(records) == 30 and records[-1]["loss"] == pytest.approx(1 / 30) and records[0]["acc"] == pytest.approx(1 / 30)
     png = plot_curves(tmp_path / "metrics.jsonl", tmp_path / "curves.png", ["loss", "acc", "missing"], log_y=["loss"])
-    with Image.open(png) as im:
-        assert im.size[0] == 800 and im.size[1] == 3 * 260
+    with Image.open(png) as im:  # drawn by matplotlib (metrics.py tests the panels themselves)
+        assert im.format == "PNG" and im.size[0] >= 600 and im.size[1] >= 200
 
 
 def test_disabled_logger_writes_nothing(tmp_path):
@@ -198,3 +198,53 @@ def test_fashion_mnist_dataset_channels():
     assert x3.shape == (3, 32, 32) and x1.shape == (1, 32, 32)
     assert torch.equal(x3[0], x1[0]) and torch.equal(x3[1], x3[2])
     assert x1.min() == -1.0 and x1[0, :2].max() == -1.0  # black 2-pixel padding
+
+
+# ---------------------------------------------------------------------------- data.kind=auto, held-out split
+def test_kind_auto_picks_an_image_folder_or_fashion_mnist(tmp_path):
+    from nextscale.data.datasets import FashionMNISTDataset
+    _write_images(tmp_path / "imgs", ["cat/a.png", "dog/b.png"])
+    assert DataConfig().kind == "auto"
+    folder = build_dataset(DataConfig(path=str(tmp_path / "imgs"), resolution=8), train=True)
+    assert isinstance(folder, ImageFolderDataset) and folder.classes == ["cat", "dog"]
+    assert DataConfig().resolved_kind() == "fashion_mnist"
+    idx = tmp_path / "fmnist"
+    idx.mkdir()
+    (idx / "train-images-idx3-ubyte.gz").write_bytes(b"")
+    assert DataConfig(path=str(idx)).resolved_kind() == "fashion_mnist"
+    # An explicit fashion_mnist with a folder of images says what to set.
+    with pytest.raises(ValueError, match=r"set data.kind=image_folder \(or auto\)"):
+        build_dataset(DataConfig(kind="fashion_mnist", path=str(tmp_path / "imgs")), train=True)
+    with pytest.raises(ValueError, match="data.kind must be auto, fashion_mnist or image_folder"):
+        build_dataset(DataConfig(kind="folder", path=str(tmp_path / "imgs")), train=True)
+    try:
+        fm = build_dataset(DataConfig(max_images=100), train=False)
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    assert isinstance(fm, FashionMNISTDataset) and len(fm) == 100 and len(set(fm.labels)) == 10
+
+
+def test_eval_fraction_holds_out_the_same_images_of_each_class(tmp_path):
+    from nextscale.data.datasets import NoHeldOutData
+    _write_images(tmp_path, [f"{c}/{i}.png" for c in ("a", "b", "c") for i in range(10)])
+    cfg = DataConfig(path=str(tmp_path), resolution=8, eval_fraction=0.2)
+    train, held = build_dataset(cfg, train=True), build_dataset(cfg, train=False)
+    assert len(train) == 24 and len(held) == 6 and sorted(held.labels) == [0, 0, 1, 1, 2, 2]
+    assert not set(train.files) & set(held.files)
+    again = build_dataset(DataConfig(path=str(tmp_path), resolution=8, eval_fraction=0.2), train=False)
+    assert again.files == held.files  # deterministic: tokenize and train agree on the split
+    with pytest.raises(NoHeldOutData, match="set data.eval_path=FOLDER or data.eval_fraction"):
+        build_dataset(DataConfig(path=str(tmp_path), resolution=8), train=False)
+    spread = build_dataset(DataConfig(path=str(tmp_path), resolution=8, max_images=6), train=True)
+    assert len(spread) == 6 and sorted(set(spread.labels)) == [0, 1, 2]  # spread over the classes
+
+
+def test_help_of_the_training_commands_documents_the_image_folder_convention(capsys):
+    from nextscale.cli import main
+    for command in ("train", "train-tokenizer", "tokenize"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        for needed in ("one subfolder per class", "class names = subfolder names", "sorted order", ".jpg", ".webp",
+                       "skipped with a warning and counted", "resized (shorter side", "data.resolution"):
+            assert needed in text, (command, needed)

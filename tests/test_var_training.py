@@ -69,8 +69,8 @@ def base_config(workdir, out, **extra):
     return cfg
 
 
-def losses(out):
-    return {r["step"]: r["loss"] for r in read_jsonl(Path(out) / "metrics.jsonl")}
+def losses(out, key="loss"):
+    return {r["step"]: r[key] for r in read_jsonl(Path(out) / "metrics.jsonl") if key in r}
 
 
 # ============================================================================ token cache
@@ -231,7 +231,8 @@ def write_yaml(path, cfg):
 def one_process_run(workdir, tmp_path_factory):
     out = tmp_path_factory.mktemp("one_process")
     cfg = write_yaml(out / "one.yaml", base_config(workdir, out / "run", model={"class_drop_prob": 0.0}, steps=3,
-                                                   optim={"lr": 1e-3}))
+                                                   optim={"lr": 1e-3}, eval_every=2,
+                                                   data={"eval_path": str(workdir / "images")}))
     r = run_cli(["-m", "nextscale.cli", "train", str(cfg)])
     assert r.returncode == 0, r.stderr
     return out / "run"
@@ -242,7 +243,8 @@ def one_process_run(workdir, tmp_path_factory):
 def test_two_processes_match_one_process(workdir, tmp_path, one_process_run, parallel):
     """torchrun --nproc_per_node 2 (gloo) with the same global batch ends with the same parameters."""
     two = write_yaml(tmp_path / "two.yaml", base_config(workdir, tmp_path / "two", model={"class_drop_prob": 0.0},
-                                                        steps=3, optim={"lr": 1e-3}, parallel=parallel))
+                                                        steps=3, optim={"lr": 1e-3}, parallel=parallel, eval_every=2,
+                                                        data={"eval_path": str(workdir / "images")}))
     r = run_cli(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                  "-m", "nextscale.cli", "train", str(two)])
     assert r.returncode == 0, r.stderr
@@ -257,6 +259,10 @@ def test_two_processes_match_one_process(workdir, tmp_path, one_process_run, par
     assert la.keys() == lb.keys() == {1, 2, 3}
     assert all(abs(la[s] - lb[s]) < 1e-5 for s in la)
     assert la[3] < la[1] - 1e-3  # the parameters did move
+    # Held-out metrics (at step 2 and at the end), each process evaluating half of the images.
+    ea, eb = losses(one_process_run, "eval_loss"), losses(tmp_path / "two", "eval_loss")
+    assert ea.keys() == eb.keys() == {2, 3}
+    assert all(abs(ea[s] - eb[s]) < 1e-5 for s in ea)
 
 
 KILL_SCRIPT = """
@@ -277,7 +283,8 @@ def test_resume_after_sigkill_and_sigterm_continues_exactly(workdir, tmp_path):
     script = tmp_path / "kill.py"
     script.write_text(KILL_SCRIPT)
     common = dict(steps=9, checkpoint_every=3, model={"class_drop_prob": 0.5, "drop_path_rate": 0.1},
-                  data={"hflip": True}, optim={"lr": 1e-3, "warmup_steps": 2}, resume="auto")
+                  data={"hflip": True, "eval_path": str(workdir / "images")}, optim={"lr": 1e-3, "warmup_steps": 2},
+                  resume="auto", eval_every=2, eval_images=8)
     ref_cfg = write_yaml(tmp_path / "ref.yaml", base_config(workdir, tmp_path / "ref", **common))
     assert run_cli([str(script), str(ref_cfg), "-1", "9"]).returncode == 0
     reference = losses(tmp_path / "ref")
@@ -295,10 +302,13 @@ def test_resume_after_sigkill_and_sigterm_continues_exactly(workdir, tmp_path):
     assert CheckpointManager(tmp_path / "run" / "checkpoints").latest().name == "step_00000007.pt"
     r = run_cli([str(script), str(cfg), "-1", "9"])
     assert r.returncode == 0, r.stderr
-    records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    records = [rec for rec in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "loss" in rec]
     assert [rec["step"] for rec in records] == [1, 2, 3, 4, 5, 4, 5, 6, 7, 8, 9]
     for rec in records:
         assert rec["loss"] == reference[rec["step"]], f"step {rec['step']}: {rec['loss']} vs {reference[rec['step']]}"
+    # Held-out evaluation draws no random numbers: the resumed run's held-out losses are the reference's too.
+    ref_eval, run_eval = losses(tmp_path / "ref", "eval_loss"), losses(tmp_path / "run", "eval_loss")
+    assert sorted(ref_eval) == [2, 4, 6, 8, 9] and run_eval == ref_eval
 
 
 # ============================================================================ bad input (clear errors before training)
@@ -395,3 +405,84 @@ def test_cli_tokenize_train_export(workdir, tmp_path):
     assert r.returncode == 0, r.stderr
     var = nextscale.load_var(tmp_path / "model")
     assert var.config.depth == 1 and var.extra_config["trained_steps"] == 2
+
+
+# ============================================================================ held-out metrics, config vocabulary, run folders
+def test_held_out_loss_and_accuracy_every_eval_every_steps_and_at_the_end(workdir, tmp_path):
+    cfg = base_config(workdir, tmp_path / "run", steps=5, log_every=2, eval_every=2, eval_images=6,
+                      data={"eval_path": str(workdir / "images")})
+    summary = train(cfg)
+    evals = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "eval_loss" in r]
+    assert [r["step"] for r in evals] == [2, 4, 5]
+    for r in evals:
+        assert r["eval_loss"] > 0 and 0 <= r["eval_acc"] <= 1
+        assert {f"eval_acc_s{k}" for k in range(4)} <= set(r)
+    assert summary["eval_loss"] == evals[-1]["eval_loss"]
+
+
+def test_held_out_fraction_of_the_training_folder(workdir, tmp_path, capsys):
+    # No held-out data: a one-line notice and no eval records.
+    train(base_config(workdir, tmp_path / "none", steps=2, eval_every=1))
+    assert "held-out metrics skipped: no held-out images" in capsys.readouterr().out
+    assert not any("eval_loss" in r for r in read_jsonl(tmp_path / "none" / "metrics.jsonl"))
+    # data.eval_fraction holds out a quarter of each class (2 of 8): 18 training images, 6 held out.
+    summary = train(base_config(workdir, tmp_path / "frac", steps=2, eval_every=1, data={"eval_fraction": 0.25}))
+    assert "held-out metrics on 6 images" in capsys.readouterr().out
+    assert [r["step"] for r in read_jsonl(tmp_path / "frac" / "metrics.jsonl") if "eval_loss" in r] == [1, 2]
+    assert load_checkpoint(summary["checkpoint"])["data"]["num_items"] == 18
+
+
+def test_overrides_that_would_not_take_effect_are_refused(workdir, tmp_path):
+    from nextscale.training.var_trainer import config_from
+    recipe = base_config(workdir, tmp_path / "run", optim={"lr": 6e-4})
+    with pytest.raises(ConfigError, match=r"^optim.base_lr has no effect while optim.lr=0.0006 is set; set optim.lr "
+                                          r"instead \(or optim.lr=null to use base_lr\)$"):
+        config_from(recipe, ["optim.base_lr=1e-3"])
+    assert config_from(recipe, ["optim.base_lr=1e-3", "optim.lr=null"]).optim.base_lr == 1e-3
+    assert config_from(base_config(workdir, tmp_path / "run"), ["optim.base_lr=1e-3"]).optim.base_lr == 1e-3
+    with pytest.raises(ConfigError, match="epochs has no effect while steps=4 is set"):
+        config_from(recipe, ["epochs=3"])
+    assert config_from(recipe, ["epochs=3", "steps=null"]).epochs == 3
+    with pytest.raises(ConfigError, match="optim.warmup_epochs has no effect while optim.warmup_steps=5 is set"):
+        config_from(recipe, ["optim.warmup_steps=5", "optim.warmup_epochs=1"])
+    fmnist = {"tokenizer": "x", "data": {"path": None}}
+    with pytest.raises(ConfigError, match="data.eval_path has no effect: Fashion-MNIST"):
+        config_from(fmnist, [f"data.eval_path={workdir / 'images'}"])
+    # The same check guards the YAML recipes on the command line.
+    r = run_cli(["-m", "nextscale.cli", "train", str(Path(__file__).parents[1] / "configs" / "var_fashion_mnist.yaml"), "optim.base_lr=1e-3",
+                 "--print-config"])
+    assert r.returncode == 2 and "optim.base_lr has no effect while optim.lr=0.0006 is set" in r.stderr
+
+
+def test_var_config_accepts_the_tokenizer_trainers_spellings():
+    from nextscale.training.var_trainer import config_from
+    cfg = config_from({}, ["precision=bf16", "resume=false"])
+    assert (cfg.precision, cfg.resume) == ("bfloat16", "never")
+    assert config_from({}, ["resume=true"]).resume == "auto"
+    with pytest.raises(ConfigError, match="precision must be float32, bfloat16 or float16"):
+        config_from({}, ["precision=fp8"])
+
+
+def test_tokenizer_may_be_a_train_tokenizer_run_folder(workdir, tmp_path):
+    import shutil
+    shutil.copytree(workdir / "tok", tmp_path / "tok_run" / "model")
+    (tmp_path / "tok_run" / "checkpoints").mkdir()
+    summary = train(base_config(workdir, tmp_path / "run", tokenizer=str(tmp_path / "tok_run"), steps=1))
+    assert summary["step"] == 1
+    shutil.copytree(workdir / "tok", tmp_path / "legacy_run" / "export")  # runs of older versions
+    assert train(base_config(workdir, tmp_path / "run2", tokenizer=str(tmp_path / "legacy_run"), steps=1))["step"] == 1
+    (tmp_path / "early_run" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="without an exported model yet"):
+        train(base_config(workdir, tmp_path / "run3", tokenizer=str(tmp_path / "early_run")))
+
+
+def test_tokenize_writes_to_the_configs_token_cache_and_accepts_a_run_folder(workdir, tmp_path, capsys):
+    import shutil
+
+    from nextscale.cli import main
+    shutil.copytree(workdir / "tok", tmp_path / "tok_run" / "model")
+    data = [f"tokenizer={tmp_path / 'tok_run'}", f"data.path={workdir / 'images'}", "data.resolution=8"]
+    assert main(["tokenize", *data, f"token_cache={tmp_path / 'cache'}"]) == 0
+    assert json.loads((tmp_path / "cache" / "header.json").read_text())["num_images"] == 24
+    assert main(["tokenize", *data]) == 2
+    assert "pass --out FOLDER or set token_cache=FOLDER" in capsys.readouterr().err
