@@ -152,14 +152,16 @@ def test_per_image_seeds_needs_a_seed_and_no_generator(ref_var):
 
 
 def test_sample_writes_the_models_class_names(ref_args, tmp_path):
-    assert main(["sample", "--class", "Trouser,bag", "--num-per-class", "1", "--npz", "--out", str(tmp_path / "a")]) == 0
+    assert main(["sample", "--class", "Trouser,bag", "--num-per-class", "1", "--npz",
+                 "--out", str(tmp_path / "a")]) == 0
     names = nextscale.load_pretrained("fashion-mnist").extra_config["class_names"]
     with np.load(tmp_path / "a" / "samples.npz", allow_pickle=False) as data:
         assert data["class_names"].dtype.kind == "U" and data["class_names"].tolist() == names
         assert data["labels"].tolist() == [1, 8]
     assert json.loads((tmp_path / "a" / "images" / "class_names.json").read_text()) == names
     # A model without class names writes none.
-    assert main(["sample", *ref_args, "--class", "1", "--num-per-class", "1", "--npz", "--out", str(tmp_path / "b")]) == 0
+    assert main(["sample", *ref_args, "--class", "1", "--num-per-class", "1", "--npz",
+                 "--out", str(tmp_path / "b")]) == 0
     assert "class_names" not in np.load(tmp_path / "b" / "samples.npz", allow_pickle=False).files
     assert not (tmp_path / "b" / "images" / "class_names.json").exists()
 

@@ -117,8 +117,8 @@ def test_bad_boxes(box):
         inpaint_keep_mask(box, 16)
 
 
-@pytest.mark.parametrize("labels", [[3, 7], (3, 7), torch.tensor([3, 7]), np.array([3, 7]), [np.int64(3), torch.tensor(7)],
-                                    ["3", " 7 "], "3,7"])
+@pytest.mark.parametrize("labels", [[3, 7], (3, 7), torch.tensor([3, 7]), np.array([3, 7]),
+                                    [np.int64(3), torch.tensor(7)], ["3", " 7 "], "3,7"])
 def test_label_forms_give_the_same_ids(ref_var, labels):
     from nextscale.sampling import as_label_tensor
     assert as_label_tensor(labels, ref_var, "cpu").tolist() == [3, 7]

@@ -171,9 +171,9 @@ NULL_CLASS_WORDS = ("null", "none", "unconditional")
 
 
 def recommended_sampling(var) -> dict:
-    """{"cfg", "top_k", "top_p"}: the model's recommendation (`var.extra_config["sampling"]`, which
-    `save_pretrained` and the trainer's export write), else the published FID settings 1.5 / 900 / 0.96.
-    The one default of `sample`, `edit`, `nextscale sample|edit` and the web app."""
+    """{"cfg", "top_k", "top_p"}: the model's recommendation (`var.extra_config["sampling"]`, kept in the
+    model folder's config.json; the transformer trainer's export writes it), else the published FID
+    settings 1.5 / 900 / 0.96. The one default of `sample`, `edit`, `nextscale sample|edit` and the web app."""
     own = (getattr(var, "extra_config", None) or {}).get("sampling") or {}
     return {k: type(v)(own.get(k, v)) for k, v in PUBLISHED_SAMPLING.items()}
 

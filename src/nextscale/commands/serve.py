@@ -33,8 +33,10 @@ def add_parser(sub) -> None:
     limits.add_argument("--max-queue", type=int, default=8,
                         help="requests that may wait behind the running one; more are refused, HTTP 503 "
                              "(default 8)")
-    limits.add_argument("--max-images", type=int, default=16, help="most images (or edit variations) per request (default 16)")
-    limits.add_argument("--max-upload-mb", type=float, default=10.0, help="largest image file accepted, in MB (default 10)")
+    limits.add_argument("--max-images", type=int, default=16,
+                        help="most images (or edit variations) per request (default 16)")
+    limits.add_argument("--max-upload-mb", type=float, default=10.0,
+                        help="largest image file accepted, in MB (default 10)")
     limits.add_argument("--max-pixels", type=float, default=16.0,
                         help="largest image accepted, in megapixels (width x height / 1e6); guards against small "
                              "files that decode to huge images (default 16)")
