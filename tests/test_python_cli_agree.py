@@ -129,6 +129,16 @@ def test_cli_images_are_python_per_image_seed_images(shipped, tmp_path):
     assert not torch.equal(shared.tokens[-1], python.tokens[-1])
 
 
+def test_cli_random_classes_are_python_per_image_seed_samples(shipped, tmp_path):
+    assert main(["sample", "--seed", "11", "--num-images", "3", "--npz", "--no-images", "--no-grid",
+                 "--out", str(tmp_path)]) == 0
+    with np.load(tmp_path / "samples.npz", allow_pickle=False) as data:
+        cli, labels = data["arr_0"], data["labels"]
+    python = nextscale.sample(shipped, None, seed=11, per_image_seeds=True, num_samples=3)
+    assert python.labels.tolist() == labels.tolist()
+    assert np.array_equal(to_uint8_hwc(python.images), cli)
+
+
 def test_cli_edit_variations_are_python_per_image_seed_edits(shipped, tmp_path):
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "in.png")
