@@ -287,10 +287,10 @@ def test_eval_command_on_real_test_images(tmp_path, capsys):
     rc = cli_main(["eval", str(tmp_path), "--json", str(tmp_path / "eval.json"), "--save-npz",
                    str(tmp_path / "saved.npz")])
     out = capsys.readouterr().out
-    assert rc == 0 and "class accuracy" in out and "floor: real train vs test" in out
+    assert rc == 0 and "class accuracy" in out and "floor: real train vs held-out" in out and "KID" in out
     result = json.loads((tmp_path / "eval.json").read_text())["fashion_mnist"]
     assert result["num_images"] == 40 and result["class_accuracy"] >= 0.85
-    assert result["floor_num_train_images"] == 40 and result["num_test_images"] == 10000
+    assert result["floor_num_train_images"] == 40 and result["num_heldout_images"] == 10000
     draws = result["frechet_distance_floor_draws"]
     assert len(draws) == 5 and len(set(draws)) == 5
     assert result["frechet_distance_floor"] == pytest.approx(np.mean(draws))

@@ -1,4 +1,4 @@
-"""`nextscale eval`: class accuracy and Fréchet distance by our Fashion-MNIST classifier; FID, IS, P/R by Inception."""
+"""`nextscale eval`: class accuracy, Fréchet distance and KID by a domain classifier; FID, IS, P/R by Inception."""
 
 from __future__ import annotations
 
@@ -12,16 +12,23 @@ EPILOG = """\
 examples:
   nextscale sample --num-per-class 100 --npz --out samples_fmnist
   nextscale eval samples_fmnist/samples.npz --json samples_fmnist/eval.json
-  nextscale eval samples_fmnist/images
-  nextscale eval samples_imagenet.npz --inception-weights pt_inception-2015-12-05-6726825d.pth \\
+  nextscale train-classifier --data data/my_images --resolution 64 --out runs/classifier_own
+  nextscale eval runs/samples_own/samples.npz --classifier runs/classifier_own
+  nextscale eval samples_imagenet.npz --no-classifier --inception-weights pt_inception-2015-12-05-6726825d.pth \\
       --reference VIRTUAL_imagenet256_labeled.npz
 
-Labels: from the .npz key `labels` (or `arr_1`), or from file names class<C>_<I>.png as
-`nextscale sample` writes them; class <number of classes> (the null class) means unconditional.
-Fashion-MNIST metrics need 32x32 images and the dataset (for the test split and the floor).
-The Fréchet-distance floor is the distance of as many random real training images as samples to
-the test split: what a perfect generator would score with this many images. It is noisy with few
-images (1000 images: about 2 to 6 from draw to draw), so it is the mean of --floor-draws draws.
+The classifier: the Fashion-MNIST one shipped with nextscale, or the folder of `nextscale train-classifier
+--data FOLDER` for your own images. Its config.json says which real images it was trained on and which were
+held out; eval reads them again (the Fashion-MNIST files, or the image folder where it was) and refuses
+images of another resolution or other classes than the classifier's.
+Labels: from the .npz key `labels` (or `arr_1`), or from file names class<C>_<I>.png as `nextscale sample`
+writes them; class <number of classes> (the null class) means unconditional. Class names: the .npz key
+`class_names` or images/class_names.json (`nextscale sample` writes both); without them only the label range
+is checked, and the table says so.
+The Fréchet-distance floor is the distance of as many random real training images as samples to the held-out
+images: what a perfect generator would score with this many images. It is noisy with few images (1000
+Fashion-MNIST images: about 2 to 6 from draw to draw), so it is the mean of --floor-draws draws. KID (unbiased
+MMD^2 of the features, cubic polynomial kernel) does not grow with few images: its floor is about 0.
 Inception: the standard FID network; the weights file is pytorch-fid's
 pt_inception-2015-12-05-6726825d.pth (no download here: fetch it yourself). FID uses the
 reference .npz's mu/sigma when it has them (ADM reference batches do), else its images' features;
@@ -31,24 +38,34 @@ precision/recall (k-NN manifolds, k=3) need the reference images (arr_0).
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "eval", help="measure generated images (class accuracy, Fréchet distance, FID, IS, precision/recall)",
-        description="Evaluate a set of generated images (a folder of PNGs or an ADM-style .npz): class accuracy "
-                    "and Fréchet distance by the Fashion-MNIST classifier shipped with nextscale, with the "
-                    "real-data floor; and, given the standard FID Inception weights, FID, Inception Score and "
+        "eval", help="measure generated images (class accuracy, Fréchet distance, KID, FID, IS, precision/recall)",
+        description="Evaluate a set of generated images (a folder of PNGs or an ADM-style .npz): class accuracy, "
+                    "Fréchet distance and KID in the features of a classifier of their domain (the shipped "
+                    "Fashion-MNIST one, or one of `nextscale train-classifier --data FOLDER`), with the real-data "
+                    "floor; and, given the standard FID Inception weights, FID, Inception Score and "
                     "precision/recall against a reference .npz.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", help="generated images: a folder of PNGs (e.g. the images/ folder of `nextscale "
                                   "sample`) or an .npz with arr_0 uint8 (N, H, W, 3)")
-    fm = p.add_argument_group("Fashion-MNIST classifier")
-    fm.add_argument("--no-classifier", action="store_true", help="skip the Fashion-MNIST metrics")
-    fm.add_argument("--classifier", default=None,
-                    help="a classifier folder from `nextscale train-classifier` (default: the shipped one)")
+    fm = p.add_argument_group("classifier (class accuracy, Fréchet distance, KID)")
+    fm.add_argument("--classifier", default=None, metavar="FOLDER",
+                    help="a classifier folder from `nextscale train-classifier`, trained on the data of the model "
+                         "that made the images (default: the shipped Fashion-MNIST classifier)")
+    fm.add_argument("--no-classifier", action="store_true", help="skip the classifier metrics")
+    fm.add_argument("--real-data", default=None, metavar="FOLDER",
+                    help="where the classifier's training images are now, if they moved (default: the folder in "
+                         "its config.json)")
     fm.add_argument("--fashion-mnist-dir", default=None,
-                    help="folder of the Fashion-MNIST files (default /usr/share/datasets/fashion-mnist)")
-    fm.add_argument("--seed", type=int, default=0, help="seed for choosing the training images of the floor "
-                                                        "(default 0; draw d uses seed + d)")
+                    help="folder of the Fashion-MNIST files, for a Fashion-MNIST classifier "
+                         "(default /usr/share/datasets/fashion-mnist)")
+    fm.add_argument("--seed", type=int, default=0, help="seed for choosing the training images of the floor and the "
+                                                        "KID subsets (default 0; floor draw d uses seed + d)")
     fm.add_argument("--floor-draws", type=int, default=5,
                     help="random draws of training images whose distances are averaged into the floor (default 5)")
+    fm.add_argument("--kid-subsets", type=int, default=100,
+                    help="random subsets whose KIDs are averaged (default 100)")
+    fm.add_argument("--kid-subset-size", type=int, default=1000,
+                    help="images per KID subset, at most the number of images (default 1000)")
     inc = p.add_argument_group("Inception (standard FID network)")
     inc.add_argument("--inception-weights", default=None,
                      help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth; enables FID, IS, precision/recall")
@@ -65,7 +82,7 @@ def add_parser(subparsers) -> None:
     out.add_argument("--batch-size", type=int, default=None,
                      help="images per forward pass (default 500 for the classifier, 50 for Inception)")
     out.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    out.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's default)")
+    out.add_argument("--threads", type=int, default=0, help="CPU threads (default 0: torch's default)")
     p.set_defaults(run=run)
 
 
@@ -73,26 +90,41 @@ def _fmt(value, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def format_table(results: dict) -> str:
     rows = [("images", results["source"]), ("count", results["num_images"])]
-    fm = results.get("fashion_mnist")
+    fm = results.get("classifier")
     if fm:
+        about = fm["classifier"]
+        rows.append(("classifier", f"{about['path']}  ({about['description']})"))
+        real = fm["real_data"]
+        rows.append(("real images", f"{real['source']}: {real['num_train_images']} training, "
+                                    f"{real['num_heldout_images']} held out ({real['heldout_rule']})"))
         if "class_accuracy" in fm:
             rows.append(("class accuracy", f"{fm['class_accuracy']:.4f}  ({fm['num_labelled']} labelled images)"))
+            for name, acc in fm["per_class_accuracy"].items():
+                rows.append((f"  {name}", f"{acc:.4f}  ({_plural(fm['per_class_count'][name], 'image')})"))
         else:
             rows.append(("class accuracy", "n/a (no class labels)"))
-        if fm.get("classifier_test_accuracy") is not None:
-            rows.append(("  classifier test accuracy", f"{fm['classifier_test_accuracy']:.4f}"))
-        rows.append(("Fréchet distance (classifier)", f"{fm['frechet_distance']:.4f}  (vs {fm['num_test_images']} "
-                                                      f"test images)"))
+        held = fm["num_heldout_images"]
+        rows.append(("Fréchet distance (classifier)", f"{fm['frechet_distance']:.4f}  (vs {held} held-out images)"))
         draws = len(fm["frechet_distance_floor_draws"])
-        rows.append(("  floor: real train vs test", f"{fm['frechet_distance_floor']:.4f} ± "
-                                                    f"{fm['frechet_distance_floor_std']:.4f}  (mean of {draws} draw"
-                                                    f"{'s' if draws > 1 else ''} of {fm['floor_num_train_images']} "
-                                                    f"train images)"))
-        rows.append(("  ratio to floor", f"{fm['frechet_distance'] / fm['frechet_distance_floor']:.2f}x"))
-    elif "fashion_mnist_skipped" in results:
-        rows.append(("Fashion-MNIST metrics", f"skipped: {results['fashion_mnist_skipped']}"))
+        floor_of = f"(mean of {_plural(draws, 'draw')} of {fm['floor_num_train_images']} training images)"
+        rows.append(("  floor: real train vs held-out", f"{fm['frechet_distance_floor']:.4f} ± "
+                                                        f"{fm['frechet_distance_floor_std']:.4f}  {floor_of}"))
+        floor = fm["frechet_distance_floor"]
+        rows.append(("  ratio to floor", f"{fm['frechet_distance'] / floor:.2f}x" if floor > 0 else "n/a (floor 0)"))
+        rows.append(("KID (classifier)", f"{fm['kid']:.4g} ± {fm['kid_std']:.2g}  (unbiased; mean of "
+                                         f"{_plural(fm['kid_subsets'], 'subset')} of {fm['kid_subset_size']})"))
+        rows.append(("  floor: real train vs held-out", f"{fm['kid_floor']:.4g} ± {fm['kid_floor_std']:.2g}  "
+                                                        f"{floor_of}"))
+        for warning in fm.get("warnings", []):
+            rows.append(("WARNING", warning))
+    elif "classifier_skipped" in results:
+        rows.append(("classifier metrics", f"skipped: {results['classifier_skipped']}"))
     inc = results.get("inception")
     if inc:
         rows.append(("Inception Score", f"{inc['inception_score']:.3f} ± {inc['inception_score_std']:.3f}  "
@@ -114,7 +146,7 @@ def run(args) -> int:
     import torch
 
     from nextscale.commands.common import resolve_device
-    from nextscale.evaluation.evaluate import fashion_mnist_metrics, inception_metrics
+    from nextscale.evaluation.evaluate import classifier_metrics, inception_metrics
     from nextscale.evaluation.fmnist_classifier import load_classifier
     from nextscale.evaluation.image_sets import read_image_set, write_npz
     from nextscale.evaluation.inception import load_inception
@@ -123,8 +155,8 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.is_splits < 1 or args.pr_k < 1 or args.floor_draws < 1:
-        raise UserError("--is-splits, --pr-k and --floor-draws must be >= 1")
+    if min(args.is_splits, args.pr_k, args.floor_draws, args.kid_subsets) < 1 or args.kid_subset_size < 2:
+        raise UserError("--is-splits, --pr-k, --floor-draws and --kid-subsets must be >= 1, --kid-subset-size >= 2")
     if args.reference and not args.inception_weights:
         raise UserError("--reference is for the Inception metrics: pass --inception-weights too")
     if args.no_classifier and not args.inception_weights:
@@ -140,17 +172,28 @@ def run(args) -> int:
     results = {"source": samples.source, "num_images": len(samples)}
 
     if not args.no_classifier:
+        classifier = load_classifier(args.classifier, device=device)
+        config = classifier.config
         size = samples.images.shape[1:3]
-        if size != (32, 32):
-            message = (f"the Fashion-MNIST classifier takes 32x32 images, these are {size[1]}x{size[0]}")
-            if not args.inception_weights:
-                raise UserError(f"{message}; for other images pass --inception-weights (and --no-classifier)")
-            results["fashion_mnist_skipped"] = message
+        if args.classifier is None and size != (config.image_size, config.image_size) and args.inception_weights:
+            results["classifier_skipped"] = (f"the shipped Fashion-MNIST classifier takes {config.image_size}x"
+                                             f"{config.image_size} images, these are {size[1]}x{size[0]}")
         else:
-            classifier = load_classifier(args.classifier, device=device)
-            results["fashion_mnist"] = fashion_mnist_metrics(samples, classifier, device, args.batch_size or 500,
-                                                             seed=args.seed, floor_draws=args.floor_draws,
-                                                             data_dir=args.fashion_mnist_dir)
+            override = {}
+            if args.real_data or args.fashion_mnist_dir:
+                override["path"] = str(Path(args.real_data or args.fashion_mnist_dir).resolve())
+            metrics = classifier_metrics(samples, classifier, device, args.batch_size or 500, seed=args.seed,
+                                         floor_draws=args.floor_draws, kid_subsets=args.kid_subsets,
+                                         kid_subset_size=args.kid_subset_size, data_override=override)
+            where = str(Path(args.classifier).resolve()) if args.classifier else \
+                "the shipped Fashion-MNIST classifier"
+            metrics["classifier"] = {"path": where, "description": config.describe(),
+                                     "class_names": list(config.class_names), "image_size": config.image_size,
+                                     "channels": config.in_channels, "heldout_accuracy": config.heldout_accuracy,
+                                     "data": config.data}
+            results["classifier"] = metrics
+            if config.data.get("kind") == "fashion_mnist":
+                results["fashion_mnist"] = metrics  # the key of earlier versions, read by scripts
     stats = None
     if args.inception_weights:
         inception = load_inception(args.inception_weights, device=device)
@@ -160,7 +203,7 @@ def run(args) -> int:
     print(format_table(results))
     if args.save_npz:
         path = write_npz(args.save_npz, samples.images, samples.labels,
-                         stats["mu"] if stats else None, stats["sigma"] if stats else None)
+                         stats["mu"] if stats else None, stats["sigma"] if stats else None, samples.class_names)
         print(f"wrote {path}")
     if args.json:
         path = Path(args.json)

@@ -1,10 +1,12 @@
 """Metrics of a set of generated images, as `nextscale eval` reports them.
 
-Fashion-MNIST (our classifier): class accuracy of class-conditional samples, and the Fréchet distance of
-the classifier's 128-d features to the test split. Its floor is the same distance for as many real
-training images, chosen at random: a perfect generator (one that draws fresh images from the data
-distribution) scores about this, since the distance is biased upwards by finite sample counts. The floor is
-the mean over several random draws of training images (`floor_draws`), as one draw is noisy.
+A domain classifier (the shipped Fashion-MNIST one, or one of `nextscale train-classifier --data FOLDER`):
+class accuracy of class-conditional samples, and the Fréchet distance and KID of the classifier's 128-d
+features to its held-out real images (Fashion-MNIST's test split, or the folder's held-out images). The floor
+is the same distance for as many real training images, chosen at random: a perfect generator (one that draws
+fresh images from the data distribution) scores about this, since the distance is biased upwards by finite
+sample counts (KID is not: its floor is about 0, give or take its noise). The floor is the mean over several
+random draws of training images (`floor_draws`), as one draw is noisy.
 Inception (the standard FID network, weights from the user): FID, Inception Score, precision/recall.
 """
 
@@ -15,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from nextscale.evaluation.frechet import (feature_statistics, frechet_distance, inception_score,
-                                          precision_recall)
+                                          kernel_inception_distance, precision_recall)
 from nextscale.evaluation.image_sets import ImageSet, as_nhwc3
 
 
@@ -41,56 +43,119 @@ def inception_outputs(model, images):
     return {"pool": out["pool"], "logits_unbiased": out["logits_unbiased"]}
 
 
-def class_accuracy(predicted: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
-    """Overall and per-class accuracy; labels == num_classes (the null class: unconditional) are left out."""
+def class_accuracy(predicted: np.ndarray, labels: np.ndarray, class_names) -> dict:
+    """Overall and per-class accuracy; labels == number of classes (the null class: unconditional) are left out."""
+    num_classes = len(class_names)
     conditional = labels != num_classes
     if not conditional.any():
         return {}
     pred, lab = predicted[conditional], labels[conditional]
-    per_class = {int(c): float((pred[lab == c] == c).mean()) for c in np.unique(lab)}
-    return {"class_accuracy": float((pred == lab).mean()), "per_class_accuracy": per_class,
-            "num_labelled": int(conditional.sum())}
+    present = [int(c) for c in np.unique(lab)]
+    return {"class_accuracy": float((pred == lab).mean()), "num_labelled": int(conditional.sum()),
+            "per_class_accuracy": {class_names[c]: float((pred[lab == c] == c).mean()) for c in present},
+            "per_class_count": {class_names[c]: int((lab == c).sum()) for c in present}}
 
 
-def fashion_mnist_metrics(samples: ImageSet, classifier, device, batch_size: int = 500, seed: int = 0,
-                          floor_draws: int = 5, data_dir=None) -> dict:
-    from nextscale.data.fashion_mnist import load_fashion_mnist
+def _names(names, most: int = 6) -> str:
+    names = list(names)
+    return ", ".join(names) if len(names) <= most else ", ".join(names[:most]) + f", ... ({len(names)} classes)"
 
-    num_classes = classifier.config.num_classes
+
+def check_samples_fit(samples: ImageSet, config, train_hint: str = "nextscale train-classifier --data FOLDER"
+                      ) -> list[str]:
+    """Refuse (ValueError, one line with the fix) samples of another resolution or other classes than the
+    classifier's; the warnings to print when it cannot tell (no class names in the samples)."""
+    h, w = samples.images.shape[1:3]
+    size = config.image_size
+    if (h, w) != (size, size):
+        raise ValueError(f"these are {w}x{h} images; the classifier takes {size}x{size}: pass the classifier trained "
+                         f"on this data with --classifier (`{train_hint} --resolution {h}`)")
+    names, n = tuple(config.class_names), config.num_classes
+    if samples.class_names is not None and tuple(samples.class_names) != names:
+        raise ValueError(f"the samples' classes are [{_names(samples.class_names)}]; the classifier's are "
+                         f"[{_names(names)}]: pass the classifier trained on this data with --classifier (`{train_hint}`)")
     if samples.labels is not None:
-        bad = samples.labels[(samples.labels < 0) | (samples.labels > num_classes)]
+        bad = samples.labels[(samples.labels < 0) | (samples.labels > n)]
         if len(bad):
-            raise ValueError(f"class label {int(bad[0])} is outside [0, {num_classes - 1}] (and is not the null "
-                             f"class {num_classes}): these are not Fashion-MNIST classes")
-    out = run_in_batches(classifier, samples, classifier_outputs, device, batch_size, "classifier: samples")
-    result = {"num_images": len(samples),
-              "classifier_test_accuracy": classifier.config.metrics.get("test_accuracy")}
-    if samples.labels is not None:
-        result.update(class_accuracy(out["logits"].argmax(1).numpy(), samples.labels, num_classes))
+            raise ValueError(f"class label {int(bad[0])} is outside the classifier's {n} classes ({_names(names)}; "
+                             f"and {n} for unconditional): pass the classifier trained on this data with --classifier "
+                             f"(`{train_hint}`)")
+    warnings = []
+    if samples.labels is not None and samples.class_names is None:
+        warnings.append(f"class names could not be checked (the samples carry none; `nextscale sample` writes them): "
+                        f"are these images of the classifier's classes, {_names(names)}?")
+    return warnings
 
-    test_x, _ = load_fashion_mnist("test", data_dir)
-    train_x, _ = load_fashion_mnist("train", data_dir)
-    test = ImageSet(as_nhwc3(test_x, "Fashion-MNIST test split"))
-    test_feats = run_in_batches(classifier, test, classifier_outputs, device, batch_size, "classifier: test split")
-    test_stats = feature_statistics(test_feats["features"])
-    result["frechet_distance"] = frechet_distance(*feature_statistics(out["features"]), *test_stats)
+
+def classifier_metrics(samples: ImageSet, classifier, device, batch_size: int = 500, seed: int = 0,
+                       floor_draws: int = 5, kid_subsets: int = 100, kid_subset_size: int = 1000,
+                       data_override: dict | None = None) -> dict:
+    """Class accuracy, Fréchet distance and KID in the classifier's features against its held-out real images, and
+    their floors (as many real training images as samples vs the held-out images, `floor_draws` random draws).
+
+    The classifier's config.json says which real images (real_data.py); `data_override` replaces entries of it
+    (e.g. {"path": ...} for a moved folder). Samples of another resolution or other classes are refused."""
+    from nextscale.evaluation.real_data import load_real_data
+
+    config = classifier.config
+    warnings = check_samples_fit(samples, config)
+    data = dict(config.data, **(data_override or {}))
+    real = load_real_data(data, config.class_names)
+    for key, now in (("num_train_images", len(real.train_images)), ("num_heldout_images", len(real.heldout_images))):
+        if data.get(key) is not None and data[key] != now:
+            warnings.append(f"{real.source} changed since the classifier was trained ({data[key]} "
+                            f"{key[4:].replace('_', ' ')} then, {now} now): retrain it, its held-out images may have "
+                            f"been trained on")
+            break
+
+    out = run_in_batches(classifier, samples, classifier_outputs, device, batch_size, "classifier: samples")
+    result = {"num_images": len(samples), "real_data": real.summary(), "classifier_heldout_accuracy":
+              config.heldout_accuracy}
+    if samples.labels is not None:
+        result.update(class_accuracy(out["logits"].argmax(1).numpy(), samples.labels, config.class_names))
+        acc, n = result.get("class_accuracy"), config.num_classes
+        if acc is not None and result["num_labelled"] >= 2 * n and acc < 1.5 / n:
+            warnings.append(f"class accuracy {acc:.4f} is near chance (1/{n}): are these images of the classifier's "
+                            f"classes ({_names(config.class_names)})?")
+
+    heldout = ImageSet(as_nhwc3(real.heldout_images, "the held-out images"))
+    held_feats = run_in_batches(classifier, heldout, classifier_outputs, device, batch_size,
+                                "classifier: held-out images")["features"]
+    held_stats = feature_statistics(held_feats)
+    result["frechet_distance"] = frechet_distance(*feature_statistics(out["features"]), *held_stats)
+    kid = kernel_inception_distance(out["features"], held_feats, kid_subsets, kid_subset_size, seed)
+    result.update(kid=kid["kid"], kid_std=kid["kid_std"], kid_subsets=kid["subsets"],
+                  kid_subset_size=kid["subset_size"])
 
     # The floor: as many real training images as samples (all of them when there are more samples). With a
     # thousand images it varies by a factor of two from one draw to the next: we average several draws.
+    train_x = real.train_images
     count = min(len(samples), len(train_x))
-    floors = []
+    floors, kid_floors = [], []
     for draw in range(floor_draws if count < len(train_x) else 1):
         pick = np.sort(np.random.default_rng(seed + draw).choice(len(train_x), size=count, replace=False))
-        real = ImageSet(as_nhwc3(train_x[pick], "Fashion-MNIST train split"))
-        real_feats = run_in_batches(classifier, real, classifier_outputs, device, batch_size,
-                                    f"classifier: train images, draw {draw + 1}")
-        floors.append(frechet_distance(*feature_statistics(real_feats["features"]), *test_stats))
+        draw_set = ImageSet(as_nhwc3(train_x[pick], "the training images"))
+        feats = run_in_batches(classifier, draw_set, classifier_outputs, device, batch_size,
+                               f"classifier: train images, draw {draw + 1}")["features"]
+        floors.append(frechet_distance(*feature_statistics(feats), *held_stats))
+        kid_floors.append(kernel_inception_distance(feats, held_feats, kid_subsets, kid_subset_size, seed)["kid"])
     result["frechet_distance_floor"] = float(np.mean(floors))
     result["frechet_distance_floor_std"] = float(np.std(floors))
     result["frechet_distance_floor_draws"] = floors
+    result["kid_floor"] = float(np.mean(kid_floors))
+    result["kid_floor_std"] = float(np.std(kid_floors))
+    result["kid_floor_draws"] = kid_floors
     result["floor_num_train_images"] = count
-    result["num_test_images"] = len(test_x)
+    result["num_heldout_images"] = len(real.heldout_images)
+    result["warnings"] = warnings
     return result
+
+
+def fashion_mnist_metrics(samples: ImageSet, classifier, device, batch_size: int = 500, seed: int = 0,
+                          floor_draws: int = 5, data_dir=None, **kwargs) -> dict:
+    """`classifier_metrics` of a Fashion-MNIST classifier, its files in `data_dir` (None: the installed ones)."""
+    return classifier_metrics(samples, classifier, device, batch_size, seed, floor_draws,
+                              data_override={"path": str(data_dir)} if data_dir else None, **kwargs)
 
 
 def inception_metrics(samples: ImageSet, inception, device, reference: ImageSet | None = None,

@@ -42,13 +42,23 @@ def _trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> np.ndarray:
         return scipy.linalg.sqrtm(sigma1 @ sigma2)
 
 
+def _trace_sqrt_product_symmetric(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+    """Tr((S1 S2)^(1/2)) = Tr((S1^(1/2) S2 S1^(1/2))^(1/2)): the eigenvalues of a symmetric PSD matrix, exact for
+    singular covariances (rounding-level negative eigenvalues are clipped to 0)."""
+    w, v = np.linalg.eigh((sigma1 + sigma1.T) / 2)
+    root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    inner = root @ sigma2 @ root
+    return float(np.sqrt(np.clip(np.linalg.eigvalsh((inner + inner.T) / 2), 0, None)).sum())
+
+
 def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6, max_imaginary: float = 1e-3) -> float:
     """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2).
 
     S1 S2 is a product of two PSD matrices: its eigenvalues are real and >= 0 and its square root has a
     real trace, but with few samples (N <= D) the covariances are singular and sqrtm can come back
     non-finite or with rounding-level imaginary parts. Then we add eps to both diagonals and retry, and
-    drop an imaginary part that is small relative to the result; a large one is an error.
+    drop an imaginary part that is small relative to the result; when it is large (few samples: a handful of
+    images in 128 dimensions), the trace comes from the symmetric form Tr((S1^1/2 S2 S1^1/2)^1/2) instead.
     """
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
@@ -62,15 +72,19 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6, max_imaginary:
     if not np.isfinite(covmean).all():
         offset = np.eye(D) * eps
         covmean = _trace_sqrt_product(sigma1 + offset, sigma2 + offset)
+    trace_covmean = None
     if np.iscomplexobj(covmean):
         scale = max(1.0, float(np.abs(covmean).max()))
         worst = float(np.abs(covmean.imag).max())
-        if worst > max_imaginary * scale:
-            raise ValueError(f"the matrix square root has an imaginary part of {worst:.3g}: the covariances are "
-                             f"too ill-conditioned (use more samples than feature dimensions)")
+        if worst > max_imaginary * scale or not np.isfinite(covmean).all():
+            trace_covmean = _trace_sqrt_product_symmetric(sigma1, sigma2)
         covmean = covmean.real
+    elif not np.isfinite(covmean).all():
+        trace_covmean = _trace_sqrt_product_symmetric(sigma1, sigma2)
+    if trace_covmean is None:
+        trace_covmean = float(np.trace(covmean))
     diff = mu1 - mu2
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_covmean)
 
 
 def frechet_distance_of_features(features1_ND, features2_MD) -> float:
