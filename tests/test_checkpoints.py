@@ -149,8 +149,101 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
         nextscale.load_vae(tmp_path / "nope.pth")
 
 
-def test_preset_name_without_internet_says_how_to_proceed(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    with pytest.raises(CheckpointError, match="Hugging Face Hub.*local path"):
-        nextscale.load_var("var-d16")
+# ---------------------------------------------------------------------------------------- presets offline
+def _load_in_fresh_process(tmp_path, call: str, **env) -> dict:
+    """Run `call` (e.g. load_var('var-d16')) in a fresh interpreter with an empty Hugging Face cache under
+    tmp_path (unless HF_HOME is given); returns {"ok", "seconds" (the call alone), "error", "type"}."""
+    import os
+    import subprocess
+    import sys
+    code = ("import json, sys, time\n"
+            "import nextscale\n"
+            "from nextscale import load_var, load_vae\n"
+            "t = time.perf_counter()\n"
+            "try:\n"
+            f"    m = {call}\n"
+            "    out = {'ok': True, 'type': type(m).__name__}\n"
+            "except Exception as e:\n"
+            "    out = {'ok': False, 'type': type(e).__name__, 'error': str(e)}\n"
+            "out['seconds'] = time.perf_counter() - t\n"
+            "print('RESULT' + json.dumps(out))\n")
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    full_env.update({"HF_HOME": str(tmp_path / "hf")}, **env)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=full_env)
+    line = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT")]
+    assert line, done.stderr[-2000:]
+    return json.loads(line[-1][len("RESULT"):])
+
+
+def _assert_says_how_to_get(result: dict, filename: str, loader: str):
+    assert not result["ok"] and result["type"] == "CheckpointError", result
+    msg = result["error"]
+    assert filename in msg and "https://huggingface.co/FoundationVision/var" in msg
+    assert f"{loader}('/path/{filename}')" in msg
+    assert "Hugging Face cache" in msg and "\n" not in msg
+
+
+def test_preset_with_hf_hub_offline_fails_at_once_naming_the_file(tmp_path):
+    result = _load_in_fresh_process(tmp_path, "load_var('var-d16')", HF_HUB_OFFLINE="1",
+                                    HF_ENDPOINT="http://127.0.0.1:9")  # would be refused if tried anyway
+    _assert_says_how_to_get(result, "var_d16.pth", "load_var")
+    assert "HF_HUB_OFFLINE" in result["error"]
+    assert result["seconds"] < 1.5, result
+
+
+def test_preset_without_network_fails_fast_naming_the_file(tmp_path):
+    # Nothing listens on port 9: like a machine without network (no retries, no 25 s of backoff).
+    result = _load_in_fresh_process(tmp_path, "load_vae('vae-f16c32')", HF_ENDPOINT="http://127.0.0.1:9")
+    _assert_says_how_to_get(result, "vae_ch160v4096z32.pth", "load_vae")
+    assert "cannot be reached" in result["error"]
+    assert result["seconds"] < 2.0, result
+
+
+def test_preset_on_this_machine_without_network(tmp_path):
+    from nextscale.checkpoints import _hub_unreachable
+    if _hub_unreachable() is None:
+        pytest.skip("the Hugging Face Hub is reachable from here: the preset would be downloaded")
+    result = _load_in_fresh_process(tmp_path, "load_var('var-d16')")
+    _assert_says_how_to_get(result, "var_d16.pth", "load_var")
+    assert result["seconds"] < 5.0, result
+
+
+def test_preset_with_a_hub_that_never_answers_gives_up_after_one_short_wait(tmp_path):
+    import socket
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)  # accepts connections into the backlog, never answers
+    try:
+        port = server.getsockname()[1]
+        result = _load_in_fresh_process(tmp_path, "load_var('var-d16')", HF_ENDPOINT=f"http://127.0.0.1:{port}")
+    finally:
+        server.close()
+    _assert_says_how_to_get(result, "var_d16.pth", "load_var")
+    assert "timed out" in result["error"] or "did not answer" in result["error"]
+    assert result["seconds"] < 4.5, result  # one wait of HUB_CHECK_TIMEOUT_S (2.5 s), no retries
+
+
+def test_preset_file_already_in_the_hugging_face_cache_is_used_offline(tiny_models, tmp_path):
+    vae, _ = tiny_models
+    snapshot = tmp_path / "hf" / "hub" / "models--FoundationVision--var" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    torch.save(vae.state_dict(), snapshot / "vae_ch160v4096z32.pth")
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    result = _load_in_fresh_process(tmp_path, "load_vae('vae-f16c32')", HF_HUB_OFFLINE="1")
+    assert result["ok"] and result["type"] == "VQVAE", result
+    result = _load_in_fresh_process(tmp_path, "load_vae('vae-f16c32')", HF_ENDPOINT="http://127.0.0.1:9")
+    assert result["ok"], result  # the cache is looked at before the network
+
+
+def test_preset_of_the_other_kind_and_unknown_names(tmp_path):
+    with pytest.raises(CheckpointError, match="'var-d16' is a transformer preset; load_vae takes one of: vae-f16c32"):
+        nextscale.load_vae("var-d16")
+    with pytest.raises(CheckpointError, match="neither a file, a folder, a preset"):
+        nextscale.load_var(tmp_path / "nope")
+
+
+def test_shipped_model_loads_by_name():
+    var = nextscale.load_var("fashion-mnist")
+    assert var.tokenizer is not None and var.extra_config.get("class_names")
+    assert isinstance(nextscale.load_vae("fashion-mnist"), VQVAE)

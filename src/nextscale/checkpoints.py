@@ -3,6 +3,13 @@
 Published files (`vae_ch160v4096z32.pth`, `var_d16.pth` ...) are plain state dicts; their architecture
 is inferred from tensor shapes. Our format is a folder with `config.json` and `model.safetensors`
 (a transformer folder may hold its tokenizer in `tokenizer/`).
+
+One rule for what `load_vae` / `load_var` accept (`resolve_model_path`): a model folder; a training run
+folder, which stands for the model it wrote (RUN/model, or RUN/export of older tokenizer runs; load_vae
+of a transformer run or model folder takes its tokenizer/); a state dict file; a preset name or Hub repo
+id. A training checkpoint (checkpoints/step_N.pt, optimizer state included) is refused with the way to
+a model: RUN/model or `nextscale export`. Without internet, presets fail fast (one short reachability
+check, no retries) with the file to download and how to pass it; a copy in the Hugging Face cache is used.
 """
 
 from __future__ import annotations
@@ -10,6 +17,10 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shlex
+import threading
+import urllib.error
+import urllib.request
 import zipfile
 from pathlib import Path
 from typing import Mapping
@@ -35,6 +46,10 @@ VAR_PRESETS: dict[str, VARConfig] = {
     "var-d36": VARConfig(depth=36, shared_adaln=True, patch_nums=PATCH_NUMS_512),
 }
 HUB_REPO = "FoundationVision/var"
+HUB_PAGE = f"https://huggingface.co/{HUB_REPO}"
+HUB_CHECK_TIMEOUT_S = 2.5  # one reachability check of the Hub before a download; no retries
+RUN_MODEL_SUBDIRS = ("model", "export")  # what a training run folder stands for (export/: older tokenizer runs)
+CHECKPOINTS_SUBDIR = "checkpoints"
 HUB_FILES = {"vae-f16c32": "vae_ch160v4096z32.pth", "var-d16": "var_d16.pth", "var-d20": "var_d20.pth",
              "var-d24": "var_d24.pth", "var-d30": "var_d30.pth", "var-d36": "var_d36.pth"}
 KNOWN_SCHEDULES = {sum(p * p for p in pn): pn for pn in (PATCH_NUMS_256, PATCH_NUMS_512)}
@@ -45,6 +60,30 @@ class CheckpointError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------- reading
+def _torch_load(path: Path):
+    """torch.load with weights_only=True, every failure a CheckpointError."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if _looks_like_training_checkpoint(path):
+            raise CheckpointError(_training_checkpoint_message(path, None, "var")) from None
+        raise CheckpointError(f"refusing to load {path}: it is not a plain tensor checkpoint and would run code "
+                              f"when unpickled (weights_only=True blocked: {str(e).splitlines()[0]})") from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read {path}: {str(e).splitlines()[0]} (truncated or not a checkpoint?)") from e
+
+
+def _as_state_dict(obj, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, Mapping):
+        for key in ("model", "state_dict", "trainer"):  # other projects' training checkpoints wrap the weights
+            if key in obj and isinstance(obj[key], Mapping) and not isinstance(obj[key], torch.Tensor):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+    return dict(obj)
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a `.pth`/`.pt` (pickled, with weights_only=True) or `.safetensors` state dict."""
     path = Path(path)
@@ -55,21 +94,146 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"{path} is not a valid safetensors file ({e}); it may be truncated") from e
+    return _as_state_dict(_torch_load(path), path)
+
+
+# ---------------------------------------------------------------------------------------- training runs
+def _training_checkpoint_kind(obj) -> str | None:
+    """'var' / 'vqvae' for a checkpoint of `nextscale train` / `train-tokenizer` (weights + optimizer state)."""
+    if not isinstance(obj, Mapping):
+        return None
+    if isinstance(obj.get("vae"), Mapping) and any(k in obj for k in ("opt_g", "optimizer", "step")):
+        return "vqvae"
+    if isinstance(obj.get("model"), Mapping) and any(k in obj for k in ("optimizer", "model_config", "scheduler")):
+        return "var"
+    return None
+
+
+def _looks_like_training_checkpoint(path: Path) -> bool:
+    return path.parent.name == CHECKPOINTS_SUBDIR and path.name.startswith("step_") and path.suffix == ".pt"
+
+
+def _run_of_checkpoint(path: Path) -> Path | None:
+    return path.parent.parent if path.parent.name == CHECKPOINTS_SUBDIR else None
+
+
+def _training_checkpoint_message(path: Path, kind: str | None, wanted: str) -> str:
+    """What to load instead of the training checkpoint `path` (of a `kind` run) when a `wanted` model is asked."""
+    run = _run_of_checkpoint(path)
+    run_txt = str(run) if run is not None else "RUN"
+    if kind == "vqvae":
+        if wanted == "vqvae":
+            return (f"{path} is a training checkpoint of `nextscale train-tokenizer` (optimizer and discriminator "
+                    f"state included), not a model: use {run_txt}/model (the tokenizer trainer writes it with each "
+                    f"checkpoint): load_vae({str(run / 'model') if run else 'RUN/model'!r})")
+        return (f"{path} is a tokenizer training checkpoint, not a transformer: a transformer is trained with "
+                f"`nextscale train CONFIG tokenizer={run_txt}`; the tokenizer itself is {run_txt}/model (load_vae)")
+    if wanted == "vqvae":
+        return (f"{path} is a transformer training checkpoint, not a tokenizer: the run's tokenizer is "
+                f"{run_txt}/tokenizer: load_vae({str(run / 'tokenizer') if run else 'RUN/tokenizer'!r})")
+    model_hint = f"{run_txt}/model"
+    if run is not None and not _model_subdir(run):
+        model_hint += " (written when training finishes)"
+    return (f"{path} is a training checkpoint (optimizer state included), not a model: use {model_hint}, or "
+            f"`nextscale export {shlex.quote(str(path))} OUT` to write this checkpoint as a model folder")
+
+
+def _folder_kind(folder: Path) -> str | None:
+    """model_type of a model folder's config.json (None when unreadable)."""
     try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(f"refusing to load {path}: it is not a plain tensor checkpoint and would run code "
-                              f"when unpickled (weights_only=True blocked: {str(e).splitlines()[0]})") from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise CheckpointError(f"cannot read {path}: {str(e).splitlines()[0]} (truncated or not a checkpoint?)") from e
-    if isinstance(sd, Mapping):
-        for key in ("model", "state_dict", "trainer"):  # training checkpoints wrap the weights
-            if key in sd and isinstance(sd[key], Mapping) and not isinstance(sd[key], torch.Tensor):
-                sd = sd[key]
-                break
-    if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise CheckpointError(f"{path} does not hold a state dict (a mapping of names to tensors)")
-    return dict(sd)
+        return json.loads((folder / CONFIG_NAME).read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _model_subdir(run: Path) -> Path | None:
+    for name in RUN_MODEL_SUBDIRS:
+        if (run / name / CONFIG_NAME).is_file():
+            return run / name
+    return None
+
+
+def _checkpoint_files(folder: Path) -> list[Path]:
+    found = sorted((folder / CHECKPOINTS_SUBDIR).glob("step_*.pt")) if (folder / CHECKPOINTS_SUBDIR).is_dir() else []
+    return found or sorted(folder.glob("step_*.pt"))
+
+
+def resolve_model_path(path: str | os.PathLike, kind: str) -> Path:
+    """The model folder or weights file that a local `path` stands for, for a `kind` ('var' or 'vqvae') model.
+
+    A model folder is itself; a training run folder stands for RUN/model (RUN/export of older tokenizer
+    runs); for a tokenizer, a transformer model folder or run stands for its tokenizer/. A run with no model
+    yet, a training checkpoint, or a folder of the other kind raises a CheckpointError that says what to pass.
+    """
+    if kind not in ("var", "vqvae"):
+        raise ValueError(f"kind must be 'var' or 'vqvae', got {kind!r}")
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"checkpoint not found: {p}")
+    if p.is_file():
+        if p.name == WEIGHTS_NAME and (p.parent / CONFIG_NAME).is_file():  # the weights of a model folder
+            return resolve_model_path(p.parent, kind)
+        return p
+    what = "tokenizer" if kind == "vqvae" else "transformer"
+    loader = "load_vae" if kind == "vqvae" else "load_var"
+    if p.name == CHECKPOINTS_SUBDIR and not (p / CONFIG_NAME).is_file() and _checkpoint_files(p):
+        return resolve_model_path(p.parent, kind)  # RUN/checkpoints stands for RUN
+    if (p / CONFIG_NAME).is_file():  # a model folder
+        found = _folder_kind(p)
+        if kind == "vqvae" and found not in (None, "vqvae"):
+            if (p / TOKENIZER_SUBDIR / CONFIG_NAME).is_file():
+                return p / TOKENIZER_SUBDIR  # a transformer folder carries its tokenizer
+            raise CheckpointError(f"{p} holds a {found!r} model, not a tokenizer, and no {TOKENIZER_SUBDIR}/ of its "
+                                  f"own: pass the tokenizer it was trained with")
+        if kind == "var" and found == "vqvae":
+            raise CheckpointError(f"{p} holds a tokenizer, not a transformer: load it with load_vae({str(p)!r})")
+        return p
+    model = _model_subdir(p)
+    run_tokenizer = p / TOKENIZER_SUBDIR if (p / TOKENIZER_SUBDIR / CONFIG_NAME).is_file() else None
+    if kind == "vqvae":
+        if model is not None and _folder_kind(model) == "vqvae":
+            return model  # a tokenizer run
+        if run_tokenizer is not None:
+            return run_tokenizer  # a transformer run: the tokenizer it trains with
+        if model is not None and (model / TOKENIZER_SUBDIR / CONFIG_NAME).is_file():
+            return model / TOKENIZER_SUBDIR
+        if model is not None:
+            raise CheckpointError(f"{p} is a training run of a {_folder_kind(model)!r} model with no tokenizer/: pass "
+                                  f"the tokenizer it was trained with")
+    else:
+        if model is not None:
+            if _folder_kind(model) == "vqvae":
+                raise CheckpointError(f"{p} is a tokenizer training run ({model.name}/ holds a tokenizer, not a "
+                                      f"transformer): load it with load_vae({str(p)!r}), or train a transformer on it "
+                                      f"with `nextscale train CONFIG tokenizer={shlex.quote(str(p))}`")
+            return model
+    checkpoints = _checkpoint_files(p)
+    if checkpoints:
+        run = p if (p / CHECKPOINTS_SUBDIR).is_dir() else p.parent
+        if kind == "var":
+            raise CheckpointError(f"{run} holds training checkpoints but no model/ yet (training has not finished): "
+                                  f"`nextscale export {shlex.quote(str(run))} {shlex.quote(str(run / 'model'))}` "
+                                  f"writes the newest checkpoint as a model folder")
+        raise CheckpointError(f"{run} holds training checkpoints but no model/ yet: the tokenizer trainer writes "
+                              f"{run / 'model'} with each checkpoint; run the same `nextscale train-tokenizer` "
+                              f"command again to resume and write it")
+    if run_tokenizer is not None or (p / "config.yaml").is_file() or (p / "metrics.jsonl").is_file():
+        raise CheckpointError(f"{p} is a training run folder without a model or a checkpoint yet: training writes "
+                              f"{p / 'model'} when it finishes (and checkpoints/ every checkpoint_every steps)")
+    raise CheckpointError(f"{p} is not a {what} model folder ({CONFIG_NAME} + {WEIGHTS_NAME}) nor a training run "
+                          f"folder (with model/); pass what `nextscale train{'-tokenizer' if kind == 'vqvae' else ''}` "
+                          f"or `nextscale export` wrote, a .pth/.safetensors file, or a preset to {loader}")
+
+
+def _read_weights(path: Path, kind: str) -> dict[str, torch.Tensor]:
+    """A state dict file's tensors; a training checkpoint is refused with the way to a model."""
+    if path.suffix == ".safetensors" or not path.is_file():
+        return read_state_dict(path)
+    obj = _torch_load(path)
+    found = _training_checkpoint_kind(obj)
+    if found is not None:
+        raise CheckpointError(_training_checkpoint_message(path, found, kind))
+    return _as_state_dict(obj, path)
 
 
 def _count(sd: Mapping[str, torch.Tensor], prefix: str) -> int:
@@ -186,28 +350,119 @@ def _read_folder(folder: Path, expected_kind: str) -> tuple[dict, dict[str, torc
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{config_path} is not valid JSON: {e}") from e
     if meta.get("model_type") != expected_kind:
-        raise CheckpointError(f"{folder} holds a {meta.get('model_type')!r} model, not a {expected_kind!r}")
+        hint = {"vqvae": f": load it with load_vae({str(folder)!r})",
+                "var": f": load it with load_var({str(folder)!r})"}.get(meta.get("model_type"), "")
+        raise CheckpointError(f"{folder} holds a {meta.get('model_type')!r} model, not a {expected_kind!r}{hint}")
     return meta, read_state_dict(weights_path)
 
 
-def _resolve(path_or_name: str | os.PathLike, presets: Mapping) -> Path:
-    """A local path, a preset name (published weights from the Hub), or a Hub repo id."""
-    p = Path(path_or_name)
-    if p.exists():
-        return p
-    name = str(path_or_name)
+def _hub_unreachable(timeout: float = HUB_CHECK_TIMEOUT_S) -> str | None:
+    """Why the Hub cannot be used now (HF_HUB_OFFLINE, or no answer within `timeout` seconds), else None."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE"):
+        return "HF_HUB_OFFLINE is set"
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    answer: list[str | None] = []
+
+    def probe():
+        try:
+            urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout).close()
+            answer.append(None)
+        except urllib.error.HTTPError:  # the server answered: reachable
+            answer.append(None)
+        except Exception as e:  # no DNS, refused, timed out, proxy ...
+            reason = getattr(e, "reason", e)
+            answer.append(f"{endpoint} cannot be reached ({reason})")
+
+    thread = threading.Thread(target=probe, daemon=True)  # the timeout must bound name resolution too
+    thread.start()
+    thread.join(timeout + 0.5)
+    return answer[0] if answer else f"{endpoint} did not answer within {timeout:g} s"
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
+def _cached_hub_file(repo: str, filename: str) -> Path | None:
+    """A file of a Hub repo already in the Hugging Face cache, looked up without any network access."""
     try:
-        if name in presets and name in HUB_FILES:
-            from huggingface_hub import hf_hub_download
-            return Path(hf_hub_download(HUB_REPO, HUB_FILES[name]))
-        if name.count("/") == 1 and not name.startswith((".", "/")):
-            from huggingface_hub import snapshot_download
+        from huggingface_hub import try_to_load_from_cache
+        found = try_to_load_from_cache(repo, filename)
+    except Exception:  # huggingface_hub missing or too old, unreadable cache
+        return None
+    return Path(found) if isinstance(found, (str, os.PathLike)) and Path(found).is_file() else None
+
+
+def _fetch_preset(name: str, kind: str) -> Path:
+    filename = HUB_FILES[name]
+    loader = "load_vae" if kind == "vqvae" else "load_var"
+    how = (f"download {filename} from {HUB_PAGE} ({HUB_PAGE}/resolve/main/{filename}) and pass its path: "
+           f"{loader}('/path/{filename}'); a copy already in the Hugging Face cache is used without the internet")
+    cached = _cached_hub_file(HUB_REPO, filename)
+    if cached is not None:
+        return cached
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise CheckpointError(f"the preset {name!r} is downloaded with huggingface_hub, which is not installed: "
+                              f"pip install huggingface_hub, or {how}") from None
+    reason = _hub_unreachable()
+    if reason is None:
+        try:
+            return Path(hf_hub_download(HUB_REPO, filename))
+        except Exception as e:
+            reason = f"the download failed ({_first_line(e)})"
+    raise CheckpointError(f"the preset {name!r} needs {filename}, which is not in the Hugging Face cache, and {reason}: "
+                          f"{how}")
+
+
+def _fetch_repo(name: str) -> Path:
+    how = "download the repo's files and pass the local folder's path"
+    cached = _cached_hub_file(name, CONFIG_NAME)  # a model folder pushed to the Hub, already downloaded
+    if cached is not None:
+        return cached.parent
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise CheckpointError(f"{name!r} is not a local path, and fetching it as a Hugging Face Hub repo needs "
+                              f"huggingface_hub (pip install huggingface_hub); or {how}") from None
+    reason = _hub_unreachable()
+    if reason is None:
+        try:
             return Path(snapshot_download(name))
-    except Exception as e:  # no internet, no such repo, huggingface_hub missing ...
-        raise CheckpointError(f"could not fetch {name!r} from the Hugging Face Hub ({type(e).__name__}: {e}); "
-                              f"download the file elsewhere and pass its local path") from e
+        except Exception as e:
+            reason = f"the download failed ({_first_line(e)})"
+    else:
+        try:  # a repo without config.json may still be cached
+            return Path(snapshot_download(name, local_files_only=True))
+        except Exception:
+            pass
+    raise CheckpointError(f"{name!r} is not a local file or folder, and as a Hugging Face Hub repo id it is not in "
+                          f"the cache and {reason}: {how}")
+
+
+def _resolve(path_or_name: str | os.PathLike, kind: str) -> Path:
+    """A local path (see resolve_model_path), a preset name (published weights from the Hub), or a Hub repo id."""
+    presets = VAE_PRESETS if kind == "vqvae" else VAR_PRESETS
+    p = Path(path_or_name).expanduser()
+    if p.exists():
+        return resolve_model_path(p, kind)
+    name = str(path_or_name)
+    if name in presets and name in HUB_FILES:
+        return _fetch_preset(name, kind)
+    from nextscale.pretrained import PRETRAINED, pretrained_path  # late: pretrained imports this module
+    if name in PRETRAINED:  # a model shipped with the package (its tokenizer inside)
+        return resolve_model_path(pretrained_path(name), kind)
+    other = VAR_PRESETS if kind == "vqvae" else VAE_PRESETS
+    if name in other:
+        raise CheckpointError(f"{name!r} is a {'transformer' if kind == 'vqvae' else 'tokenizer'} preset; "
+                              f"{'load_vae' if kind == 'vqvae' else 'load_var'} takes one of: {', '.join(presets)}")
+    first = name.split("/")[0]
+    if name.count("/") == 1 and not name.startswith((".", "/", "~")) and "\\" not in name and not Path(first).is_dir():
+        return resolve_model_path(_fetch_repo(name), kind)
     raise CheckpointError(f"checkpoint not found: {name!r} is neither a file, a folder, a preset "
-                          f"({', '.join(presets)}) nor a Hub repo id")
+                          f"({', '.join([*presets, *PRETRAINED])}) nor a Hub repo id")
 
 
 # ---------------------------------------------------------------------------------------- public API
@@ -228,16 +483,19 @@ def build_var(preset: str = "var-d16", **overrides) -> VAR:
 def load_vae(path: str | os.PathLike, patch_nums=None, **overrides) -> VQVAE:
     """Load a tokenizer: a published `.pth`, a `.safetensors` file, a nextscale folder, a preset or Hub id.
 
+    A training run folder stands for its tokenizer: RUN/model of `nextscale train-tokenizer` (RUN/export of
+    older runs), RUN/tokenizer of `nextscale train`; a transformer model folder for its tokenizer/.
+
     The architecture comes from the folder's config or the tensors' shapes; keyword arguments
     override it (e.g. `patch_nums` for a schedule other than 256px, `lookup="cosine"`).
     """
-    path = _resolve(path, VAE_PRESETS)
+    path = _resolve(path, "vqvae")
     overrides = dict(overrides, patch_nums=tuple(patch_nums) if patch_nums is not None else None)
     if path.is_dir():
         meta, sd = _read_folder(path, "vqvae")
         config = VQVAEConfig.from_dict({**meta["config"], **{k: v for k, v in overrides.items() if v is not None}})
     else:
-        sd = read_state_dict(path)
+        sd = _read_weights(path, "vqvae")
         config = infer_vae_config(sd, **overrides)
     model = VQVAE(config)
     _load_strict(model, sd, VAE_PRESETS, VQVAE, str(path))
@@ -247,10 +505,13 @@ def load_vae(path: str | os.PathLike, patch_nums=None, **overrides) -> VQVAE:
 def load_var(path: str | os.PathLike, vae: VQVAE | None = None, patch_nums=None, **overrides) -> VAR:
     """Load a transformer and attach its tokenizer (`vae`, or the folder's own `tokenizer/`).
 
+    `path`: a model folder, a `nextscale train` run folder (its model/), a `.pth`/`.safetensors` state dict,
+    a preset (var-d16 ...) or a Hub repo id. A training checkpoint is refused: export it (`nextscale export`).
+
     With a tokenizer given, `patch_nums` defaults to the schedule the checkpoint's token count implies,
     and the tokenizer is switched to it (the published tokenizer serves both 256px and 512px).
     """
-    path = _resolve(path, VAR_PRESETS)
+    path = _resolve(path, "var")
     extra = {}
     if path.is_dir():
         meta, sd = _read_folder(path, "var")
@@ -262,7 +523,7 @@ def load_var(path: str | os.PathLike, vae: VQVAE | None = None, patch_nums=None,
         if vae is None and (path / TOKENIZER_SUBDIR).is_dir():
             vae = load_vae(path / TOKENIZER_SUBDIR)
     else:
-        sd = read_state_dict(path)
+        sd = _read_weights(path, "var")
         config = infer_var_config(sd, patch_nums=patch_nums or _vae_schedule_if_fits(sd, vae), **overrides)
     model = VAR(config)
     _load_strict(model, sd, VAR_PRESETS, VAR, str(path))
