@@ -351,7 +351,9 @@ def _read_folder(folder: Path, expected_kind: str) -> tuple[dict, dict[str, torc
         raise CheckpointError(f"{config_path} is not valid JSON: {e}") from e
     if meta.get("model_type") != expected_kind:
         hint = {"vqvae": f": load it with load_vae({str(folder)!r})",
-                "var": f": load it with load_var({str(folder)!r})"}.get(meta.get("model_type"), "")
+                "var": f": load it with load_var({str(folder)!r})",
+                "raster_ar": f": load it with nextscale.baseline.raster_ar.RasterAR.from_pretrained({str(folder)!r})",
+                }.get(meta.get("model_type"), "")
         raise CheckpointError(f"{folder} holds a {meta.get('model_type')!r} model, not a {expected_kind!r}{hint}")
     return meta, read_state_dict(weights_path)
 
