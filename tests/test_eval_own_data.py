@@ -104,7 +104,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("own")
     data = make_shapes_folder(root / "shapes", per_class=30, size=32, seed=0)
     out = root / "classifier"
-    rc = cli_main(["train-classifier", "--data", str(data), "--resolution", str(RESOLUTION), "--holdout", "0.2",
+    rc = cli_main(["train-classifier", "--data", str(data), "--resolution", str(RESOLUTION), "--holdout", "0.25",
                    "--epochs", "30", "--batch-size", "32", "--threads", "1", "--out", str(out)])
     assert rc == 0
     # Fresh images of the same classes (another seed): what a perfect generator would draw.
@@ -118,8 +118,8 @@ def test_train_classifier_on_a_folder_learns_and_records_its_data(trained):
     assert config["in_channels"] == 3 and len(config["pixel_mean"]) == 3
     data = config["data"]
     assert data["kind"] == "image_folder" and data["path"] == str(trained["data"].resolve())
-    assert data["holdout"] == 0.2 and data["holdout_seed"] == 0 and data["eval_path"] is None
-    assert data["num_train_images"] == 72 and data["num_heldout_images"] == 18
+    assert data["holdout"] == 0.25 and data["holdout_seed"] == 0 and data["eval_path"] is None
+    assert data["num_train_images"] == 66 and data["num_heldout_images"] == 24
     assert config["metrics"]["heldout_accuracy"] >= 0.8  # chance: 1/3
     assert set(config["metrics"]["per_class_heldout_accuracy"]) == set(CLASSES)
     model = load_classifier(trained["out"])
@@ -151,7 +151,7 @@ def test_eval_with_the_classifier_scores_real_images_near_the_floor(trained, tmp
     assert "WARNING" not in out
     m = result["classifier"]
     assert m["classifier"]["path"] == str(trained["out"].resolve()) and m["classifier"]["class_names"] == list(CLASSES)
-    assert m["real_data"]["num_heldout_images"] == 18 and m["real_data"]["num_train_images"] == 72
+    assert m["real_data"]["num_heldout_images"] == 24 and m["real_data"]["num_train_images"] == 66
     assert m["class_accuracy"] >= 0.8 and set(m["per_class_accuracy"]) == set(CLASSES)
     assert m["floor_num_train_images"] == 60 and len(m["frechet_distance_floor_draws"]) == 3
     ratio = m["frechet_distance"] / m["frechet_distance_floor"]
@@ -228,7 +228,7 @@ def test_eval_data_folder_and_moved_data(trained, tmp_path, capsys):
     moved = held.rename(tmp_path / "held_moved")
     fresh = trained["fresh"]
     rc, _, err, _ = run_eval(tmp_path, capsys, fresh.images, fresh.labels, list(fresh.classes), out)
-    assert rc == 2 and "does not exist" in err
+    assert rc == 2 and "does not exist" in err and "--real-data FOLDER" in err
     # --real-data names the training folder; the held-out folder is read from config.json: move it back.
     moved.rename(held)
     rc, stdout, err, result = run_eval(tmp_path, capsys, fresh.images, fresh.labels, list(fresh.classes), out,
@@ -279,7 +279,8 @@ def test_image_set_reads_class_names(tmp_path):
     folder.mkdir()
     for name in ("class000_00000.png", "class002_00000.png"):
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / name)
-    assert read_image_set(tmp_path).class_names is None
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "grid.png")  # as `nextscale sample` writes
+    assert read_image_set(tmp_path).class_names is None and len(read_image_set(tmp_path)) == 2
     (folder / "class_names.json").write_text(json.dumps(list(CLASSES)))
     assert read_image_set(tmp_path).class_names == CLASSES
     (folder / "class_names.json").write_text(json.dumps(["only"]))

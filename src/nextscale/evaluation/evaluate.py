@@ -21,6 +21,9 @@ from nextscale.evaluation.frechet import (feature_statistics, frechet_distance, 
 from nextscale.evaluation.image_sets import ImageSet, as_nhwc3
 
 
+MIN_HELDOUT = 20  # fewer held-out real images than this: the table warns that the distances are very noisy
+
+
 @torch.no_grad()
 def run_in_batches(model, image_set: ImageSet, outputs, device, batch_size: int, desc: str
                    ) -> dict[str, torch.Tensor]:
@@ -100,7 +103,11 @@ def classifier_metrics(samples: ImageSet, classifier, device, batch_size: int = 
     config = classifier.config
     warnings = check_samples_fit(samples, config)
     data = dict(config.data, **(data_override or {}))
-    real = load_real_data(data, config.class_names)
+    try:
+        real = load_real_data(data, config.class_names)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{e}; the classifier's real images are not where its config.json says: pass "
+                                f"--real-data FOLDER (where they are now), or retrain the classifier") from None
     for key, now in (("num_train_images", len(real.train_images)), ("num_heldout_images", len(real.heldout_images))):
         if data.get(key) is not None and data[key] != now:
             warnings.append(f"{real.source} changed since the classifier was trained ({data[key]} "
@@ -108,12 +115,21 @@ def classifier_metrics(samples: ImageSet, classifier, device, batch_size: int = 
                             f"been trained on")
             break
 
+    n = config.num_classes
+    own = config.heldout_accuracy
+    if own is not None and own < 1.5 / n:
+        warnings.append(f"the classifier's own held-out accuracy is {own:.4f} (chance 1/{n}): its features and "
+                        f"predictions mean little; train it longer (--epochs) or on more images")
+    if len(real.heldout_images) < MIN_HELDOUT:
+        warnings.append(f"only {len(real.heldout_images)} held-out real images: the distances are very noisy; hold "
+                        f"out more (train-classifier --holdout, or --eval-data FOLDER)")
+
     out = run_in_batches(classifier, samples, classifier_outputs, device, batch_size, "classifier: samples")
     result = {"num_images": len(samples), "real_data": real.summary(), "classifier_heldout_accuracy":
               config.heldout_accuracy}
     if samples.labels is not None:
         result.update(class_accuracy(out["logits"].argmax(1).numpy(), samples.labels, config.class_names))
-        acc, n = result.get("class_accuracy"), config.num_classes
+        acc = result.get("class_accuracy")
         if acc is not None and result["num_labelled"] >= 2 * n and acc < 1.5 / n:
             warnings.append(f"class accuracy {acc:.4f} is near chance (1/{n}): are these images of the classifier's "
                             f"classes ({_names(config.class_names)})?")

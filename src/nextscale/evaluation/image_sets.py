@@ -90,9 +90,9 @@ def check_class_names(names, labels: np.ndarray | None, where: str) -> tuple[str
 
 def read_image_folder(folder: str | os.PathLike) -> ImageSet:
     folder = Path(folder)
+    if (folder / "images").is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in (folder / "images").iterdir()):
+        return read_image_folder(folder / "images")  # the output folder of `nextscale sample` (grid.png beside)
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not files and (folder / "images").is_dir():  # the output folder of `nextscale sample`
-        return read_image_folder(folder / "images")
     if not files:
         raise ValueError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     arrays = []
