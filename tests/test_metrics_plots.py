@@ -137,3 +137,15 @@ def test_matplotlib_is_imported_lazily_and_pyplot_never(short_run, tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "c.png").is_file()
+
+
+def test_small_values_get_one_consistent_tick_format(long_run):
+    """Not '0.0005658' beside '3.38e-05': linear ticks share one format (and a 1e-4 multiplier when tiny)."""
+    fig = curves_figure(long_run, ["rec_loss", "lr"])
+    for ax in fig.axes:
+        labels = tick_texts(fig, ax, "y")
+        assert len(labels) >= 3 and len(set(labels)) == len(labels), labels
+        cleaned = [t.replace("\u2212", "-") for t in labels]
+        assert len({("e" in t, len(t.split(".")[1]) if "." in t else 0) for t in cleaned}) == 1, labels
+        assert all(len(t) <= 6 for t in cleaned), labels  # short labels; the power of ten goes to the offset text
+        assert ax.yaxis.get_offset_text().get_text() != "", "tiny values are scaled by a shown power of ten"
