@@ -10,7 +10,7 @@ from nextscale.data.datasets import IMAGE_FOLDER_CONVENTION
 EPILOG = """\
 examples:
   nextscale tokenize configs/var_fashion_mnist.yaml                 # -> its token_cache: runs/cache_fmnist_train
-  nextscale tokenize configs/var_own_images.yaml data.path=data/my_images
+  nextscale tokenize configs/var_own_images.yaml                    # -> runs/cache_own
   nextscale tokenize tokenizer=vae_ch160v4096z32.pth data.path=/data/train data.resolution=256 \\
                      --flip --out cache/imagenet
 
@@ -35,7 +35,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                    help="also store the horizontally flipped images (default: the config's data.hflip)")
     p.add_argument("--split", default="train", choices=["train", "test"],
-                   help="which split to encode (test: data.eval_path for image folders; default train)")
+                   help="which split to encode (test: Fashion-MNIST's test split, data.eval_path or the data.eval_fraction "
+                        "held out of an image folder; default train)")
     p.add_argument("--batch-size", type=int, default=64, help="images per encoder pass (default 64)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing cache folder")
     p.add_argument("--device", default=None, help="torch device for the encoder (default: cuda when available)")

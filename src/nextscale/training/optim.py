@@ -1,8 +1,9 @@
 """Optimizer and learning-rate schedule of VAR training (spec §5).
 
 AdamW with betas (0.9, 0.95); no weight decay on biases, norms, and the position, level and start
-embeddings, the attention log-scales and the shared-AdaLN offsets. The learning rate is
-base_lr * global_batch / 256, warmed up linearly, then decayed linearly.
+embeddings, the attention log-scales and the shared-AdaLN offsets. The peak learning rate is
+optim.lr when set (absolute, as in train-tokenizer), else base_lr * global_batch / 256 (`scaled_lr`);
+it is warmed up linearly, then decayed linearly.
 """
 
 from __future__ import annotations
