@@ -108,7 +108,7 @@ def classifier_metrics(samples: ImageSet, classifier, device, batch_size: int = 
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{e}; the classifier's real images are not where its config.json says: pass "
                                 f"--real-data FOLDER (where they are now), or retrain the classifier") from None
-    for key, now in (("num_train_images", len(real.train_images)), ("num_heldout_images", len(real.heldout_images))):
+    for key, now in (("num_train_images", real.num_train), ("num_heldout_images", len(real.heldout_images))):
         if data.get(key) is not None and data[key] != now:
             warnings.append(f"{real.source} changed since the classifier was trained ({data[key]} "
                             f"{key[4:].replace('_', ' ')} then, {now} now): retrain it, its held-out images may have "
@@ -145,12 +145,12 @@ def classifier_metrics(samples: ImageSet, classifier, device, batch_size: int = 
 
     # The floor: as many real training images as samples (all of them when there are more samples). With a
     # thousand images it varies by a factor of two from one draw to the next: we average several draws.
-    train_x = real.train_images
-    count = min(len(samples), len(train_x))
+    count = min(len(samples), real.num_train)
     floors, kid_floors = [], []
-    for draw in range(floor_draws if count < len(train_x) else 1):
-        pick = np.sort(np.random.default_rng(seed + draw).choice(len(train_x), size=count, replace=False))
-        draw_set = ImageSet(as_nhwc3(train_x[pick], "the training images"))
+    for draw in range(floor_draws if count < real.num_train else 1):
+        pick = np.sort(np.random.default_rng(seed + draw).choice(real.num_train, size=count, replace=False))
+        draw_set = ImageSet(as_nhwc3(real.train(pick, f"reading training images, draw {draw + 1}")[0],
+                                     "the training images"))
         feats = run_in_batches(classifier, draw_set, classifier_outputs, device, batch_size,
                                f"classifier: train images, draw {draw + 1}")["features"]
         floors.append(frechet_distance(*feature_statistics(feats), *held_stats))

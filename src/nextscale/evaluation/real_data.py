@@ -22,6 +22,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -29,19 +30,82 @@ import torch
 
 @dataclass
 class RealData:
-    """uint8 (N, H, W, C) images with int64 labels: the training images and the held-out ones."""
-    train_images: np.ndarray
-    train_labels: np.ndarray
+    """The held-out images (uint8 (N, H, W, C), int64 labels) and the training images, decoded on demand:
+    `train(indices)` (all of them without indices), so that eval decodes only the floor's few."""
     heldout_images: np.ndarray
     heldout_labels: np.ndarray
+    num_train: int
+    fetch_train: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
     class_names: tuple[str, ...]
     heldout_rule: str  # for people: "Fashion-MNIST test split", "10% of each class held out (seed 0)", ...
     source: str  # for people: where the images are
-    skipped: list[str] = field(default_factory=list)  # unreadable files
+    skipped: list[str] = field(default_factory=list)  # unreadable files met so far
+
+    def train(self, indices: np.ndarray | None = None, desc: str = "") -> tuple[np.ndarray, np.ndarray]:
+        """(images, labels) of these training images (unreadable ones left out), all of them by default."""
+        return self.fetch_train(np.arange(self.num_train) if indices is None else np.asarray(indices), desc)
 
     def summary(self) -> dict:
-        return {"source": self.source, "heldout_rule": self.heldout_rule, "num_train_images": len(self.train_images),
+        return {"source": self.source, "heldout_rule": self.heldout_rule, "num_train_images": self.num_train,
                 "num_heldout_images": len(self.heldout_images), "num_skipped": len(self.skipped)}
+
+
+@dataclass
+class LabelledFolder:
+    """The images of a folder with one subfolder per class (listed, not yet decoded)."""
+    root: Path
+    paths: list[Path]
+    labels: np.ndarray  # int64 (N,)
+    classes: tuple[str, ...]
+    resolution: int
+    channels: int
+
+    @property
+    def files(self) -> list[str]:
+        """Paths relative to the folder, posix."""
+        return [p.relative_to(self.root).as_posix() for p in self.paths]
+
+    def decode(self, indices=None, desc: str = "", skipped: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 (n, H, W, C) images and their labels, resized and center-cropped as the transformer's data;
+        unreadable files are left out with a warning (and appended to `skipped`)."""
+        from PIL import Image, UnidentifiedImageError
+        from tqdm import tqdm
+
+        from nextscale.data.datasets import ImageTransform
+        transform = ImageTransform(self.resolution, train=False, channels=self.channels)
+        indices = np.arange(len(self.paths)) if indices is None else np.asarray(indices)
+        images, labels = [], []
+        for i in tqdm(indices.tolist(), desc=desc or f"reading {self.root}", leave=False, disable=len(indices) < 200):
+            path = self.paths[i]
+            try:
+                with Image.open(path) as im:
+                    im.load()
+                    x = transform(im)
+            except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+                if skipped is not None:
+                    skipped.append(str(path))
+                warnings.warn(f"skipping unreadable image {path} ({e or type(e).__name__})", stacklevel=2)
+                continue
+            images.append(((x.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy())
+            labels.append(self.labels[i])
+        if not images:
+            raise ValueError(f"no readable image among the {len(indices)} of {self.root} asked for")
+        return np.stack(images), np.asarray(labels, dtype=np.int64)
+
+
+def list_labelled_folder(root: str | os.PathLike, resolution: int, channels: int) -> LabelledFolder:
+    """The images of a folder with one subfolder per class (ImageFolderDataset's convention), not decoded."""
+    from nextscale.data.datasets import ImageFolderDataset, ImageTransform
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist (expected one subfolder of images per class)")
+    dataset = ImageFolderDataset(root, ImageTransform(resolution, train=False, channels=channels))
+    if dataset.num_classes < 2 or list(dataset.classes) == [""]:
+        raise ValueError(f"{root} holds {'images outside class subfolders' if list(dataset.classes) == [''] else 'one class'}"
+                         f": a classifier needs one subfolder per class, at least 2 (e.g. {root}/cats/*.png, "
+                         f"{root}/dogs/*.png)")
+    return LabelledFolder(root, [Path(p) for p in dataset.files], np.asarray(dataset.labels, dtype=np.int64),
+                          tuple(dataset.classes), resolution, channels)
 
 
 @dataclass
@@ -49,42 +113,13 @@ class FolderImages:
     images: np.ndarray  # uint8 (N, H, W, C)
     labels: np.ndarray  # int64 (N,)
     classes: tuple[str, ...]
-    files: list[str]  # paths relative to the folder, posix
-    skipped: list[str]
 
 
 def read_labelled_folder(root: str | os.PathLike, resolution: int, channels: int, desc: str = "") -> FolderImages:
     """Every image of a folder with one subfolder per class, resized and center-cropped as the transformer's data."""
-    from PIL import Image, UnidentifiedImageError
-    from tqdm import tqdm
-
-    from nextscale.data.datasets import ImageFolderDataset, ImageTransform
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"image folder {root} does not exist (expected one subfolder of images per class)")
-    transform = ImageTransform(resolution, train=False, channels=channels)
-    dataset = ImageFolderDataset(root, transform)
-    if dataset.num_classes < 2 or dataset.classes == [""]:
-        raise ValueError(f"{root} holds {'images outside class subfolders' if dataset.classes == [''] else 'one class'}"
-                         f": a classifier needs one subfolder per class, at least 2 (e.g. {root}/cats/*.png, "
-                         f"{root}/dogs/*.png)")
-    images, labels, files, skipped = [], [], [], []
-    for path, label in tqdm(list(zip(dataset.files, dataset.labels)), desc=desc or f"reading {root}", leave=False,
-                            disable=len(dataset.files) < 200):
-        try:
-            with Image.open(path) as im:
-                im.load()
-                x = transform(im)
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-            skipped.append(str(path))
-            warnings.warn(f"skipping unreadable image {path} ({e or type(e).__name__})", stacklevel=2)
-            continue
-        images.append(((x.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy())
-        labels.append(label)
-        files.append(Path(path).relative_to(root).as_posix())
-    if not images:
-        raise ValueError(f"no readable image in {root} ({len(skipped)} unreadable files)")
-    return FolderImages(np.stack(images), np.asarray(labels, dtype=np.int64), tuple(dataset.classes), files, skipped)
+    folder = list_labelled_folder(root, resolution, channels)
+    images, labels = folder.decode(desc=desc)
+    return FolderImages(images, labels, folder.classes)
 
 
 def heldout_mask(files: list[str], labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -118,28 +153,34 @@ def load_real_data(data: dict, class_names: tuple[str, ...] | None = None) -> Re
         from nextscale.data.fashion_mnist import CLASS_NAMES, DEFAULT_DIR, load_fashion_mnist
         train_x, train_y = load_fashion_mnist("train", data.get("path"))
         test_x, test_y = load_fashion_mnist("test", data.get("path"))
-        real = RealData(train_x[..., None], train_y.astype(np.int64), test_x[..., None], test_y.astype(np.int64),
+        real = RealData(test_x[..., None], test_y.astype(np.int64), len(train_x),
+                        lambda idx, desc="": (train_x[idx][..., None], train_y[idx].astype(np.int64)),
                         CLASS_NAMES, "Fashion-MNIST test split", f"Fashion-MNIST ({data.get('path') or DEFAULT_DIR})")
     elif kind == "image_folder":
         resolution, channels = int(data["resolution"]), int(data["channels"])
         path = Path(data["path"])
-        train = read_labelled_folder(path, resolution, channels, "reading the training images")
+        folder = list_labelled_folder(path, resolution, channels)
+        skipped: list[str] = []
         if data.get("eval_path"):
-            held = read_labelled_folder(data["eval_path"], resolution, channels, "reading the held-out images")
-            if held.classes != train.classes:
+            held = list_labelled_folder(data["eval_path"], resolution, channels)
+            if held.classes != folder.classes:
                 raise ValueError(f"the held-out folder {data['eval_path']} has the classes {list(held.classes)}, "
-                                 f"{path} has {list(train.classes)}: give both the same class subfolders")
-            real = RealData(train.images, train.labels, held.images, held.labels, train.classes,
-                            f"the images of {data['eval_path']}", str(path), train.skipped + held.skipped)
+                                 f"{path} has {list(folder.classes)}: give both the same class subfolders")
+            train_idx = np.arange(len(folder.paths))
+            held_x, held_y = held.decode(desc="reading the held-out images", skipped=skipped)
+            rule = f"the images of {data['eval_path']}"
         else:
             fraction, seed = float(data.get("holdout") or 0.1), int(data.get("holdout_seed") or 0)
-            mask = heldout_mask(train.files, train.labels, fraction, seed)
-            real = RealData(train.images[~mask], train.labels[~mask], train.images[mask], train.labels[mask],
-                            train.classes, f"{fraction:.0%} of each class held out (seed {seed})", str(path),
-                            train.skipped)
-            if len(real.heldout_images) < 2 or len(real.train_images) < 2:
-                raise ValueError(f"{path} has too few images to hold some out ({len(train.images)}): add images, "
+            mask = heldout_mask(folder.files, folder.labels, fraction, seed)
+            if mask.sum() < 2 or (~mask).sum() < 2:
+                raise ValueError(f"{path} has too few images to hold some out ({len(mask)}): add images, "
                                  f"or pass --eval-data FOLDER")
+            train_idx = np.flatnonzero(~mask)
+            held_x, held_y = folder.decode(np.flatnonzero(mask), "reading the held-out images", skipped)
+            rule = f"{fraction:.0%} of each class held out (seed {seed})"
+        real = RealData(held_x, held_y, len(train_idx),
+                        lambda idx, desc="": folder.decode(train_idx[idx], desc or "reading training images", skipped),
+                        folder.classes, rule, str(path), skipped)
     else:
         raise ValueError(f"the classifier's config.json names no known real data (data.kind={kind!r}; expected "
                          f"fashion_mnist or image_folder): retrain it with `nextscale train-classifier`")

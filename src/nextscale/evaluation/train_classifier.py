@@ -140,8 +140,9 @@ def train(args) -> dict:
         data = image_folder_data(args.data, args.eval_data, args.holdout, args.holdout_seed, args.resolution, channels)
         out = args.out or f"classifier_{Path(args.data).resolve().name}"
     real = load_real_data(data)
-    train_x, train_y, held_x, held_y = real.train_images, real.train_labels, real.heldout_images, real.heldout_labels
-    data.update({"num_train_images": len(train_x), "num_heldout_images": len(held_x)})
+    train_x, train_y = real.train(desc="reading the training images")
+    held_x, held_y = real.heldout_images, real.heldout_labels
+    data.update({"num_train_images": real.num_train, "num_heldout_images": len(held_x)})
     print(f"{real.source}: {len(real.class_names)} classes, {len(train_x)} training images, {len(held_x)} held out "
           f"({real.heldout_rule})" + (f", {len(real.skipped)} unreadable files skipped" if real.skipped else ""),
           flush=True)
