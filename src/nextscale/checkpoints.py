@@ -399,8 +399,10 @@ def _cached_hub_file(repo: str, filename: str) -> Path | None:
 def _fetch_preset(name: str, kind: str) -> Path:
     filename = HUB_FILES[name]
     loader = "load_vae" if kind == "vqvae" else "load_var"
+    option = "--tokenizer" if kind == "vqvae" else "--transformer"
     how = (f"download {filename} from {HUB_PAGE} ({HUB_PAGE}/resolve/main/{filename}) and pass its path: "
-           f"{loader}('/path/{filename}'); a copy already in the Hugging Face cache is used without the internet")
+           f"{loader}('/path/{filename}') (on the command line: {option} /path/{filename}); a copy already in the "
+           f"Hugging Face cache is used without the internet")
     cached = _cached_hub_file(HUB_REPO, filename)
     if cached is not None:
         return cached
