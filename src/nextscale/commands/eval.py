@@ -45,8 +45,8 @@ def add_parser(subparsers) -> None:
                     "floor; and, given the standard FID Inception weights, FID, Inception Score and "
                     "precision/recall against a reference .npz.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("images", help="generated images: a folder of PNGs (e.g. the images/ folder of `nextscale "
-                                  "sample`) or an .npz with arr_0 uint8 (N, H, W, 3)")
+    p.add_argument("images", help="generated images: a folder of PNGs (e.g. the output folder of `nextscale "
+                                  "sample`, or its images/) or an .npz with arr_0 uint8 (N, H, W, 3)")
     fm = p.add_argument_group("classifier (class accuracy, Fréchet distance, KID)")
     fm.add_argument("--classifier", default=None, metavar="FOLDER",
                     help="a classifier folder from `nextscale train-classifier`, trained on the data of the model "
@@ -117,9 +117,9 @@ def format_table(results: dict) -> str:
                                                         f"{fm['frechet_distance_floor_std']:.4f}  {floor_of}"))
         floor = fm["frechet_distance_floor"]
         rows.append(("  ratio to floor", f"{fm['frechet_distance'] / floor:.2f}x" if floor > 0 else "n/a (floor 0)"))
-        rows.append(("KID (classifier)", f"{fm['kid']:.4g} ± {fm['kid_std']:.2g}  (unbiased; mean of "
+        rows.append(("KID (classifier)", f"{fm['kid']:.4g} ± {fm['kid_std']:.3g}  (unbiased; mean of "
                                          f"{_plural(fm['kid_subsets'], 'subset')} of {fm['kid_subset_size']})"))
-        rows.append(("  floor: real train vs held-out", f"{fm['kid_floor']:.4g} ± {fm['kid_floor_std']:.2g}  "
+        rows.append(("  floor: real train vs held-out", f"{fm['kid_floor']:.4g} ± {fm['kid_floor_std']:.3g}  "
                                                         f"{floor_of}"))
         for warning in fm.get("warnings", []):
             rows.append(("WARNING", warning))
