@@ -15,7 +15,7 @@ from nextscale.cli import main as cli_main
 from nextscale.evaluation.classifier import ClassifierConfig, ImageClassifier, load_classifier
 from nextscale.evaluation.frechet import kernel_inception_distance, mmd2_unbiased
 from nextscale.evaluation.image_sets import read_image_set
-from nextscale.evaluation.real_data import heldout_mask, read_labelled_folder
+from nextscale.evaluation.real_data import heldout_mask, list_labelled_folder, read_labelled_folder
 from own_images import CLASSES, make_shapes_folder
 
 RESOLUTION = 16
@@ -95,6 +95,21 @@ def test_heldout_rule_is_per_class_seeded_and_independent_of_file_order():
     assert np.array_equal(heldout_mask(files, labels, 0.1, seed=0), mask)
 
 
+def test_heldout_rule_with_seed_0_is_the_training_data_split(tmp_path):
+    """The classifier's held-out images are those that `data.eval_fraction` holds out of the tokenizer's and the
+    transformer's training data: samples are compared to images that neither the generator nor the classifier saw."""
+    import inspect
+
+    from nextscale.data.datasets import ImageFolderDataset, ImageTransform
+    if "part" not in inspect.signature(ImageFolderDataset).parameters:
+        pytest.skip("this ImageFolderDataset has no held-out split")
+    root = make_shapes_folder(tmp_path / "shapes", per_class=13, size=8, seed=0)
+    held = ImageFolderDataset(root, ImageTransform(8, train=False), holdout=0.2, part="heldout")
+    ours = list_labelled_folder(root, 8, 3)
+    mask = heldout_mask(ours.files, ours.labels, 0.2, seed=0)
+    assert sorted(np.array(ours.paths)[mask].tolist()) == sorted(held.files)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # train-classifier on a folder, eval with it
 
@@ -119,7 +134,7 @@ def test_train_classifier_on_a_folder_learns_and_records_its_data(trained):
     data = config["data"]
     assert data["kind"] == "image_folder" and data["path"] == str(trained["data"].resolve())
     assert data["holdout"] == 0.25 and data["holdout_seed"] == 0 and data["eval_path"] is None
-    assert data["num_train_images"] == 66 and data["num_heldout_images"] == 24
+    assert data["num_train_images"] == 66 and data["num_heldout_images"] == 24 and len(data["heldout_digest"]) == 40
     assert config["metrics"]["heldout_accuracy"] >= 0.8  # chance: 1/3
     assert set(config["metrics"]["per_class_heldout_accuracy"]) == set(CLASSES)
     model = load_classifier(trained["out"])
@@ -154,8 +169,10 @@ def test_eval_with_the_classifier_scores_real_images_near_the_floor(trained, tmp
     assert m["real_data"]["num_heldout_images"] == 24 and m["real_data"]["num_train_images"] == 66
     assert m["class_accuracy"] >= 0.8 and set(m["per_class_accuracy"]) == set(CLASSES)
     assert m["floor_num_train_images"] == 60 and len(m["frechet_distance_floor_draws"]) == 3
+    # Of the floor's order. (Below 1 is expected with so few images: the floor's training images are the
+    # classifier's own, whose features it has fitted, while fresh images and held-out ones are both unseen.)
     ratio = m["frechet_distance"] / m["frechet_distance_floor"]
-    assert 0.5 < ratio < 2.0, out
+    assert 0.3 < ratio < 2.5, out
     assert m["kid"] < m["kid_floor"] + 4 * max(m["kid_floor_std"], m["kid_std"]), out
     assert "fashion_mnist" not in result
 
@@ -308,3 +325,18 @@ def test_frechet_distance_falls_back_to_the_symmetric_form(monkeypatch):
     value = frechet.frechet_distance_of_features(a, b)
     assert np.isfinite(value) and value == pytest.approx(expected, rel=1e-6)
     assert abs(frechet.frechet_distance_of_features(b, b)) < 1e-6 * np.trace(s2)
+
+
+def test_eval_warns_when_the_held_out_images_changed(tmp_path, capsys):
+    data = make_shapes_folder(tmp_path / "shapes", per_class=12, size=16, seed=0)
+    out = tmp_path / "clf"
+    assert cli_main(["train-classifier", "--data", str(data), "--resolution", "16", "--holdout", "0.5", "--epochs",
+                     "1", "--threads", "1", "--out", str(out)]) == 0
+    fresh = read_labelled_folder(make_shapes_folder(tmp_path / "fresh", per_class=4, size=16, seed=1), 16, 3)
+    rc, stdout, err, result = run_eval(tmp_path, capsys, fresh.images, fresh.labels, list(CLASSES), out)
+    assert rc == 0 and "changed since the classifier was trained" not in stdout
+    # Same counts, other files: a held-out image may now be one the classifier trained on.
+    for path in sorted((data / "circle").iterdir()):
+        path.rename(path.with_name("x" + path.name))
+    rc, stdout, err, result = run_eval(tmp_path, capsys, fresh.images, fresh.labels, list(CLASSES), out)
+    assert rc == 0 and "changed since the classifier was trained (other held-out images)" in stdout

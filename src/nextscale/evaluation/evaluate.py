@@ -108,11 +108,13 @@ def classifier_metrics(samples: ImageSet, classifier, device, batch_size: int = 
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{e}; the classifier's real images are not where its config.json says: pass "
                                 f"--real-data FOLDER (where they are now), or retrain the classifier") from None
-    for key, now in (("num_train_images", real.num_train), ("num_heldout_images", len(real.heldout_images))):
+    for key, now in (("num_train_images", real.num_train), ("num_heldout_images", len(real.heldout_images)),
+                     ("heldout_digest", real.heldout_digest)):
         if data.get(key) is not None and data[key] != now:
-            warnings.append(f"{real.source} changed since the classifier was trained ({data[key]} "
-                            f"{key[4:].replace('_', ' ')} then, {now} now): retrain it, its held-out images may have "
-                            f"been trained on")
+            what = "other held-out images" if key == "heldout_digest" else \
+                f"{data[key]} {key[4:].replace('_', ' ')} then, {now} now"
+            warnings.append(f"{real.source} changed since the classifier was trained ({what}): retrain it, its "
+                            f"held-out images may have been trained on")
             break
 
     n = config.num_classes

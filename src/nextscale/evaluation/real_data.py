@@ -11,8 +11,11 @@ never saw in training, and draws the floor's real images from its training image
      "resolution": 32, "channels": 3, ...}
 
 Without `eval_path`, `holdout` of each class is held out: per class, the round(holdout * n) images (at least 1
-of 2 or more, never all) whose hash of "<seed>/<path relative to the folder>" is smallest. The rule does not
-depend on the machine or on the order of files, and adding images to a class moves few others.
+of 2 or more, never all) whose SHA-1 of the path relative to the folder ("<seed>/<path>" for a seed other than 0)
+is smallest. The rule does not depend on the machine or on the order of files, and adding images to a class
+moves few others. With seed 0 it is the rule of the training data's `data.eval_fraction` (ImageFolderDataset):
+a classifier trained with `--holdout 0.1` holds out the very images a tokenizer or transformer trained with
+`data.eval_fraction=0.1` never saw.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class RealData:
     heldout_rule: str  # for people: "Fashion-MNIST test split", "10% of each class held out (seed 0)", ...
     source: str  # for people: where the images are
     skipped: list[str] = field(default_factory=list)  # unreadable files met so far
+    heldout_digest: str | None = None  # SHA-1 of the held-out files' paths (image folders): which images they are
 
     def train(self, indices: np.ndarray | None = None, desc: str = "") -> tuple[np.ndarray, np.ndarray]:
         """(images, labels) of these training images (unreadable ones left out), all of them by default."""
@@ -123,7 +127,8 @@ def read_labelled_folder(root: str | os.PathLike, resolution: int, channels: int
 
 
 def heldout_mask(files: list[str], labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Boolean (N,): per class, the round(fraction * n) files (at least 1 of 2+, never all) of smallest hash."""
+    """Boolean (N,): per class, the round(fraction * n) files (at least 1 of 2+, never all) of smallest hash (of the
+    relative path; of "<seed>/<path>" for a seed other than 0)."""
     if not 0 < fraction < 1:
         raise ValueError(f"--holdout must be in (0, 1), got {fraction}")
     mask = np.zeros(len(files), dtype=bool)
@@ -132,7 +137,8 @@ def heldout_mask(files: list[str], labels: np.ndarray, fraction: float, seed: in
         if len(members) < 2:
             continue
         k = min(len(members) - 1, max(1, round(fraction * len(members))))
-        ranked = sorted(members, key=lambda i: hashlib.sha1(f"{seed}/{files[i]}".encode()).hexdigest())
+        key = (lambda i: files[i]) if seed == 0 else (lambda i: f"{seed}/{files[i]}")
+        ranked = sorted(members, key=lambda i: hashlib.sha1(key(i).encode()).hexdigest())
         mask[ranked[:k]] = True
     return mask
 
@@ -168,7 +174,7 @@ def load_real_data(data: dict, class_names: tuple[str, ...] | None = None) -> Re
                                  f"{path} has {list(folder.classes)}: give both the same class subfolders")
             train_idx = np.arange(len(folder.paths))
             held_x, held_y = held.decode(desc="reading the held-out images", skipped=skipped)
-            rule = f"the images of {data['eval_path']}"
+            rule, held_files = f"the images of {data['eval_path']}", held.files
         else:
             fraction, seed = float(data.get("holdout") or 0.1), int(data.get("holdout_seed") or 0)
             mask = heldout_mask(folder.files, folder.labels, fraction, seed)
@@ -178,9 +184,11 @@ def load_real_data(data: dict, class_names: tuple[str, ...] | None = None) -> Re
             train_idx = np.flatnonzero(~mask)
             held_x, held_y = folder.decode(np.flatnonzero(mask), "reading the held-out images", skipped)
             rule = f"{fraction:.0%} of each class held out (seed {seed})"
+            held_files = [folder.files[i] for i in np.flatnonzero(mask)]
         real = RealData(held_x, held_y, len(train_idx),
                         lambda idx, desc="": folder.decode(train_idx[idx], desc or "reading training images", skipped),
-                        folder.classes, rule, str(path), skipped)
+                        folder.classes, rule, str(path), skipped,
+                        hashlib.sha1("\n".join(sorted(held_files)).encode()).hexdigest())
     else:
         raise ValueError(f"the classifier's config.json names no known real data (data.kind={kind!r}; expected "
                          f"fashion_mnist or image_folder): retrain it with `nextscale train-classifier`")

@@ -143,6 +143,8 @@ def train(args) -> dict:
     train_x, train_y = real.train(desc="reading the training images")
     held_x, held_y = real.heldout_images, real.heldout_labels
     data.update({"num_train_images": real.num_train, "num_heldout_images": len(held_x)})
+    if real.heldout_digest:
+        data["heldout_digest"] = real.heldout_digest
     print(f"{real.source}: {len(real.class_names)} classes, {len(train_x)} training images, {len(held_x)} held out "
           f"({real.heldout_rule})" + (f", {len(real.skipped)} unreadable files skipped" if real.skipped else ""),
           flush=True)
