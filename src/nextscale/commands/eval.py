@@ -28,7 +28,8 @@ is checked, and the table says so.
 The Fréchet-distance floor is the distance of as many random real training images as samples to the held-out
 images: what a perfect generator would score with this many images. It is noisy with few images (1000
 Fashion-MNIST images: about 2 to 6 from draw to draw), so it is the mean of --floor-draws draws. KID (unbiased
-MMD^2 of the features, cubic polynomial kernel) does not grow with few images: its floor is about 0.
+MMD^2 of the features, cubic polynomial kernel (x.y/d + 1)^3, the features divided by the RMS feature of the
+held-out images) does not grow with few images: its floor is about 0.
 Inception: the standard FID network; the weights file is pytorch-fid's
 pt_inception-2015-12-05-6726825d.pth (no download here: fetch it yourself). FID uses the
 reference .npz's mu/sigma when it has them (ADM reference batches do), else its images' features;

@@ -6,7 +6,9 @@ features to its held-out real images (Fashion-MNIST's test split, or the folder'
 is the same distance for as many real training images, chosen at random: a perfect generator (one that draws
 fresh images from the data distribution) scores about this, since the distance is biased upwards by finite
 sample counts (KID is not: its floor is about 0, give or take its noise). The floor is the mean over several
-random draws of training images (`floor_draws`), as one draw is noisy.
+random draws of training images (`floor_draws`), as one draw is noisy. KID is computed on the features divided
+by the RMS feature value of the held-out images (one constant per classifier and data), so that the kernel's
+x.y/d is of order 1 as with Inception features.
 Inception (the standard FID network, weights from the user): FID, Inception Score, precision/recall.
 """
 
@@ -141,9 +143,13 @@ def classifier_metrics(samples: ImageSet, classifier, device, batch_size: int = 
                                 "classifier: held-out images")["features"]
     held_stats = feature_statistics(held_feats)
     result["frechet_distance"] = frechet_distance(*feature_statistics(out["features"]), *held_stats)
-    kid = kernel_inception_distance(out["features"], held_feats, kid_subsets, kid_subset_size, seed)
+    # KID's kernel (x.y/d + 1)^3 expects features of order 1 (as Inception's are); a classifier's may be of order 10
+    # to 100, which would make KID a number of millions dominated by the scale. We divide all features by one
+    # constant of the classifier and its real data: the RMS value of the held-out images' features.
+    scale = float(held_feats.pow(2).mean().sqrt()) or 1.0
+    kid = kernel_inception_distance(out["features"] / scale, held_feats / scale, kid_subsets, kid_subset_size, seed)
     result.update(kid=kid["kid"], kid_std=kid["kid_std"], kid_subsets=kid["subsets"],
-                  kid_subset_size=kid["subset_size"])
+                  kid_subset_size=kid["subset_size"], kid_feature_scale=scale)
 
     # The floor: as many real training images as samples (all of them when there are more samples). With a
     # thousand images it varies by a factor of two from one draw to the next: we average several draws.
@@ -156,7 +162,8 @@ def classifier_metrics(samples: ImageSet, classifier, device, batch_size: int = 
         feats = run_in_batches(classifier, draw_set, classifier_outputs, device, batch_size,
                                f"classifier: train images, draw {draw + 1}")["features"]
         floors.append(frechet_distance(*feature_statistics(feats), *held_stats))
-        kid_floors.append(kernel_inception_distance(feats, held_feats, kid_subsets, kid_subset_size, seed)["kid"])
+        kid_floors.append(kernel_inception_distance(feats / scale, held_feats / scale, kid_subsets, kid_subset_size,
+                                                    seed)["kid"])
     result["frechet_distance_floor"] = float(np.mean(floors))
     result["frechet_distance_floor_std"] = float(np.std(floors))
     result["frechet_distance_floor_draws"] = floors
