@@ -78,7 +78,8 @@ def check_samples_fit(samples: ImageSet, config, train_hint: str = "nextscale tr
     names, n = tuple(config.class_names), config.num_classes
     if samples.class_names is not None and tuple(samples.class_names) != names:
         raise ValueError(f"the samples' classes are [{_names(samples.class_names)}]; the classifier's are "
-                         f"[{_names(names)}]: pass the classifier trained on this data with --classifier (`{train_hint}`)")
+                         f"[{_names(names)}]: pass the classifier trained on this data with --classifier "
+                         f"(`{train_hint}`)")
     if samples.labels is not None:
         bad = samples.labels[(samples.labels < 0) | (samples.labels > n)]
         if len(bad):

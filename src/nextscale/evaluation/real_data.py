@@ -105,7 +105,8 @@ def list_labelled_folder(root: str | os.PathLike, resolution: int, channels: int
         raise FileNotFoundError(f"image folder {root} does not exist (expected one subfolder of images per class)")
     dataset = ImageFolderDataset(root, ImageTransform(resolution, train=False, channels=channels))
     if dataset.num_classes < 2 or list(dataset.classes) == [""]:
-        raise ValueError(f"{root} holds {'images outside class subfolders' if list(dataset.classes) == [''] else 'one class'}"
+        what = "images outside class subfolders" if list(dataset.classes) == [""] else "one class"
+        raise ValueError(f"{root} holds {what}"
                          f": a classifier needs one subfolder per class, at least 2 (e.g. {root}/cats/*.png, "
                          f"{root}/dogs/*.png)")
     return LabelledFolder(root, [Path(p) for p in dataset.files], np.asarray(dataset.labels, dtype=np.int64),

@@ -44,7 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     data.add_argument("--channels", type=int, default=None, choices=[1, 3],
                       help="image channels: 3 (RGB) or 1 (gray) (default 3 for --data; Fashion-MNIST is 1)")
     data.add_argument("--data-dir", default=None,
-                      help="folder of the Fashion-MNIST files, for the preset (default /usr/share/datasets/fashion-mnist)")
+                      help="folder of the Fashion-MNIST files, for the preset "
+                           "(default /usr/share/datasets/fashion-mnist)")
     model = p.add_argument_group("model and training")
     model.add_argument("--out", default=None,
                        help="folder for config.json, model.safetensors and train_log.json (default "
