@@ -340,3 +340,15 @@ def test_eval_warns_when_the_held_out_images_changed(tmp_path, capsys):
         path.rename(path.with_name("x" + path.name))
     rc, stdout, err, result = run_eval(tmp_path, capsys, fresh.images, fresh.labels, list(CLASSES), out)
     assert rc == 0 and "changed since the classifier was trained (other held-out images)" in stdout
+
+
+def test_train_classifier_skips_unreadable_images(tmp_path, capsys):
+    data = make_shapes_folder(tmp_path / "shapes", per_class=6, size=16, seed=0)
+    (data / "square" / "broken.png").write_bytes(b"not a png")
+    with pytest.warns(UserWarning, match="skipping unreadable image"):
+        assert cli_main(["train-classifier", "--data", str(data), "--resolution", "16", "--holdout", "0.5",
+                         "--epochs", "1", "--threads", "1", "--out", str(tmp_path / "clf")]) == 0
+    out = capsys.readouterr().out
+    assert "1 unreadable files skipped" in out
+    config = json.loads((tmp_path / "clf" / "config.json").read_text())
+    assert config["data"]["num_train_images"] + config["data"]["num_heldout_images"] in (18, 19)
