@@ -486,3 +486,24 @@ def test_tokenize_writes_to_the_configs_token_cache_and_accepts_a_run_folder(wor
     assert json.loads((tmp_path / "cache" / "header.json").read_text())["num_images"] == 24
     assert main(["tokenize", *data]) == 2
     assert "pass --out FOLDER or set token_cache=FOLDER" in capsys.readouterr().err
+
+
+def test_held_out_metrics_need_the_data_the_cache_was_made_from(workdir, tmp_path, capsys):
+    from nextscale.cli import main
+    data = [f"tokenizer={workdir / 'tok'}", f"data.path={workdir / 'images'}", "data.resolution=8"]
+    assert main(["tokenize", *data, "data.eval_fraction=0.25", "--out", str(tmp_path / "cache")]) == 0
+    # The cache's own folder, the same held-out images left out: evaluated.
+    cfg = base_config(workdir, tmp_path / "run", token_cache=str(tmp_path / "cache"), steps=1, eval_every=1,
+                      data={"eval_fraction": 0.25})
+    train(cfg)
+    assert "held-out metrics on 6 images" in capsys.readouterr().out
+    # Another held-out fraction than the cache's: the held-out images may be in the cache.
+    train({**cfg, "out_dir": str(tmp_path / "run1"), "data": {**cfg["data"], "eval_fraction": 0.5}})
+    assert "the token cache was made with data.eval_fraction=0.25, not 0.5" in capsys.readouterr().out
+    # data.* left at Fashion-MNIST while the cache holds an image folder: no held-out metrics from the wrong data.
+    cfg = base_config(workdir, tmp_path / "run2", token_cache=str(tmp_path / "cache"), steps=1, eval_every=1,
+                      data={"kind": "auto", "path": None, "resolution": 8})
+    train(cfg)
+    out = capsys.readouterr().out
+    assert "held-out metrics skipped: the token cache was made from the image folder" in out
+    assert not any("eval_loss" in r for r in read_jsonl(tmp_path / "run2" / "metrics.jsonl"))

@@ -49,6 +49,7 @@ def run(args) -> int:
     from nextscale.commands.train import split_config_and_overrides
     from nextscale.data.datasets import build_dataset
     from nextscale.training.token_cache import build_token_cache
+    from nextscale.training.config import config_to_dict
     from nextscale.training.var_trainer import config_from, load_tokenizer
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -68,10 +69,12 @@ def run(args) -> int:
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=False,
                                          num_workers=cfg.data.num_workers)
     flip = cfg.data.hflip if args.flip is None else args.flip
-    source = f"{cfg.data.resolved_kind()}:{cfg.data.path or 'default'}:{args.split}"
+    from pathlib import Path
+    source = f"{cfg.data.resolved_kind()}:{Path(cfg.data.path).resolve() if cfg.data.path else 'default'}:{args.split}"
     with torch.inference_mode():
         out = build_token_cache(vae, loader, len(dataset), out_path, flip=flip, source=source,
-                                overwrite=args.overwrite, device=device, classes=list(dataset.classes))
+                                overwrite=args.overwrite, device=device, classes=list(dataset.classes),
+                                data={"split": args.split, **config_to_dict(cfg.data)})
     skipped = getattr(dataset, "num_skipped", 0)
     print(f"wrote {out}: {len(dataset)} images{' (+ flipped)' if flip else ''}"
           f"{f', {skipped} unreadable image(s) skipped' if skipped else ''}")

@@ -145,10 +145,12 @@ def split_scales(tokens_BL: torch.Tensor, patch_nums) -> list[torch.Tensor]:
 def build_token_cache(vae, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], num_images: int,
                       out: str | os.PathLike, flip: bool = False, source: str = "", overwrite: bool = False,
                       device: torch.device | str = "cpu", progress: bool = True,
-                      classes: list[str] | None = None) -> Path:
+                      classes: list[str] | None = None, data: dict | None = None) -> Path:
     """Encode `batches` of (images (B, C, H, W) in [-1, 1], labels (B,)) into a cache folder `out`.
 
     `classes`: the dataset's class names (their count is the number of classes training defaults to).
+    `data`: what the images were read with (e.g. the DataConfig as a dict), recorded in the header so that
+    training can tell whether its held-out images were left out of the cache.
 
     The folder is written under a temporary name and renamed when complete, so an interrupted run
     never leaves a cache that looks valid.
@@ -197,7 +199,7 @@ def build_token_cache(vae, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
         header = {"format_version": FORMAT_VERSION, "num_images": num_images, "seq_len": L,
                   "patch_nums": list(vae.patch_nums), "vocab_size": vae.vocab_size, "dtype": dtype.name,
                   "flip": bool(flip), "num_classes": len(classes) if classes else int(labels.max()) + 1,
-                  "classes": list(classes) if classes else None, "source": source,
+                  "classes": list(classes) if classes else None, "source": source, "data": data,
                   "tokenizer": tokenizer_identity(vae)}
         (tmp / HEADER_NAME).write_text(json.dumps(header, indent=2) + "\n")
         if out.exists():

@@ -343,6 +343,24 @@ def model_targets(model, vae, tokens_BL: torch.Tensor) -> tuple[torch.Tensor, to
     return teacher_BLCv, tokens_BL
 
 
+def _data_source(data: DataConfig) -> tuple[str, str | None]:
+    """(kind, absolute folder) of a data config; Fashion-MNIST's folder does not matter (None)."""
+    kind = data.resolved_kind()
+    return kind, str(Path(data.path).resolve()) if data.path and kind == "image_folder" else None
+
+
+def _cache_data_source(cache: TokenCache | None) -> tuple[str, str | None] | None:
+    """(kind, absolute path or None) of the data a cache was made from; None when unknown (no cache, old header)."""
+    source = cache.header.get("source", "") if cache is not None else ""
+    if source.count(":") < 2:
+        return None
+    kind, rest = source.split(":", 1)
+    path = rest.rsplit(":", 1)[0]
+    if kind not in ("fashion_mnist", "image_folder"):
+        return None
+    return kind, None if path == "default" or kind == "fashion_mnist" else str(Path(path).resolve())
+
+
 # ============================================================================ checks before training (bad input)
 def check_inputs(cfg: TrainConfig, vae, labels: np.ndarray, num_items: int, num_classes: int, world_size: int,
                  cache: TokenCache | None) -> None:
@@ -520,10 +538,29 @@ class _Trainer:
                          f"{cfg.data.channels} ch) do not match the tokenizer's ({self.vae.resolution} px, "
                          f"{self.vae.config.image_channels} ch)")
             return None
+        made_from = _cache_data_source(self.cache)
+        if made_from is not None and made_from != _data_source(cfg.data):
+            name = lambda src: "Fashion-MNIST" if src[0] == "fashion_mnist" else f"the image folder {src[1]}"
+            D.print_main(f"held-out metrics skipped: the token cache was made from {name(made_from)}, data.* "
+                         f"describes {name(_data_source(cfg.data))}: set data.path to the data the cache was made from")
+            return None
         try:
             dataset = build_dataset(cfg.data, train=False)
         except NoHeldOutData as e:
             D.print_main(f"held-out metrics skipped: {e}")
+            return None
+        cache_data = (self.cache.header.get("data") or {}) if self.cache is not None else {}
+        if (cfg.data.eval_path is None and cfg.data.resolved_kind() == "image_folder" and cache_data
+                and cache_data.get("eval_fraction", 0.0) != cfg.data.eval_fraction):
+            D.print_main(f"held-out metrics skipped: the token cache was made with data.eval_fraction="
+                         f"{cache_data.get('eval_fraction', 0.0)}, not {cfg.data.eval_fraction}, so the held-out images "
+                         f"may be in it: rebuild it (nextscale tokenize ... data.eval_fraction={cfg.data.eval_fraction} "
+                         f"--overwrite)")
+            return None
+        cache_classes = self.cache.header.get("classes") if self.cache is not None else None
+        if cache_classes and list(cache_classes) != list(dataset.classes):
+            D.print_main(f"held-out metrics skipped: the held-out images have the classes {list(dataset.classes)[:5]}"
+                         f"..., the training data {list(cache_classes)[:5]}...")
             return None
         n = min(cfg.eval_images, len(dataset)) // self.world * self.world
         if n == 0:
