@@ -64,7 +64,8 @@ def test_folder_to_tokenizer_to_cache_to_transformer(workspace, capsys):
     evals = [r for r in metrics if "eval_loss" in r]
     assert [r["step"] for r in evals] == [2, 3] and all("eval_acc_s5" in r for r in evals)
     assert (run / "curves.png").is_file()
-    assert "held-out metrics on 3 images" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "held-out metrics on 3 images" in captured.out and "held-out loss" in captured.err
 
     # The same command again with more steps resumes instead of starting over.
     assert main(["train", "configs/var_own_images.yaml", *VAR_CI[1:], "steps=4"]) == 0

@@ -83,7 +83,9 @@ def run(args) -> int:
         return 128 + summary["stopped_by_signal"]
     if summary["rank"] == 0:
         print(f"trained {summary['step']} steps: loss {summary.get('loss', float('nan')):.4f}, "
-              f"token accuracy {summary.get('acc', float('nan')):.4f}", file=sys.stderr)
+              f"token accuracy {summary.get('acc', float('nan')):.4f}"
+              + (f"; held-out loss {summary['eval_loss']:.4f}, token accuracy {summary['eval_acc']:.4f}"
+                 if "eval_loss" in summary else ""), file=sys.stderr)
         for key in ("checkpoint", "model", "samples", "curves"):
             if summary.get(key):
                 print(f"  {key}: {summary[key]}", file=sys.stderr)
