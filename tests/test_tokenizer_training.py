@@ -338,7 +338,28 @@ def test_bf16_autocast_trains(tmp_path):
 # ---------------------------------------------------------------------------- the shared config vocabulary
 def _plain_config(tmp_path, *extra):
     """tiny_config without the GAN and the perceptual loss (faster)."""
-    return tiny_config(tmp_path, "loss.gan_weight=0", "loss.perceptual_weight=0", *extra)
+    data = tmp_path / "images"
+    if not data.exists():
+        write_image_folder(data)
+    overrides = [
+        f"out_dir={tmp_path / 'run'}", "steps=4", "global_batch=4", "threads=1", f"data.path={data}",
+        f"data.eval_path={data}", "data.resolution=8", "model.ch=32", "model.ch_mult=1,2", "model.num_res_blocks=1",
+        "model.z_channels=8", "model.vocab_size=32", "model.patch_nums=1,2,4", "codebook.restart_every=2",
+        "optim.warmup_steps=2", "log_every=1", "eval_every=2", "eval_images=8", "checkpoint_every=2",
+        "keep_checkpoints=5", *extra]
+    return load_config(TokenizerTrainConfig, None, overrides)
+
+
+def test_overrides_of_switched_off_losses_are_refused():
+    from nextscale.training.config import ConfigError
+    with pytest.raises(ConfigError, match=r"loss.gan_start_step has no effect: the GAN is off \(loss.gan_weight=0\)"):
+        load_config(TokenizerTrainConfig, None, ["loss.gan_start_step=100"])
+    assert load_config(TokenizerTrainConfig, None, ["loss.gan_start_step=100", "loss.gan_weight=0.1"]) \
+        .loss.gan_start_step == 100
+    with pytest.raises(ConfigError, match="loss.vgg_weights has no effect: the perceptual loss is off"):
+        load_config(TokenizerTrainConfig, None, ["loss.vgg_weights=random"])
+    with pytest.raises(ConfigError, match="codebook.restart_until has no effect: dead-code restarts are off"):
+        load_config(TokenizerTrainConfig, None, ["codebook.restart_dead_codes=false", "codebook.restart_until=9"])
 
 
 def test_held_out_psnr_has_its_own_cadence_and_a_final_logged_value(tmp_path):

@@ -81,6 +81,18 @@ class LossConfig:
     disc_channels: int = 64
     disc_layers: int = 3
 
+    GAN_KEYS = ("gan_start_step", "adaptive_gan_weight", "max_adaptive_weight", "disc_channels", "disc_layers")
+    PERCEPTUAL_KEYS = ("vgg_weights", "lpips_heads")
+
+    def override_has_no_effect(self, key: str) -> str | None:
+        """Why an override of `key` would change nothing (see config.check_overrides_take_effect), else None."""
+        if key in self.GAN_KEYS and self.gan_weight == 0:
+            return "the GAN is off (loss.gan_weight=0); set loss.gan_weight too (e.g. loss.gan_weight=0.1)"
+        if key in self.PERCEPTUAL_KEYS and self.perceptual_weight == 0:
+            return ("the perceptual loss is off (loss.perceptual_weight=0); set loss.perceptual_weight too "
+                    "(e.g. loss.perceptual_weight=0.1)")
+        return None
+
 
 @dataclass
 class CodebookConfig:
@@ -88,6 +100,11 @@ class CodebookConfig:
     restart_every: int = 200  # steps: a code no scale used during this window is re-initialized
     restart_until: int = 0  # no restarts from this step on (0: until the end)
     usage_threshold: float = 0.01  # a code counts as "used" at a scale when its EMA hit count exceeds this
+
+    def override_has_no_effect(self, key: str) -> str | None:
+        if key == "restart_until" and not self.restart_dead_codes:
+            return "dead-code restarts are off (codebook.restart_dead_codes=false)"
+        return None
 
 
 @dataclass
