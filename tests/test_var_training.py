@@ -486,6 +486,20 @@ def test_tokenize_writes_to_the_configs_token_cache_and_accepts_a_run_folder(wor
     assert json.loads((tmp_path / "cache" / "header.json").read_text())["num_images"] == 24
     assert main(["tokenize", *data]) == 2
     assert "pass --out FOLDER or set token_cache=FOLDER" in capsys.readouterr().err
+    # Rerunning the same command keeps the cache; other settings or another tokenizer ask for --overwrite.
+    before = (tmp_path / "cache" / "tokens.npy").stat().st_mtime_ns
+    assert main(["tokenize", *data, f"token_cache={tmp_path / 'cache'}"]) == 0
+    assert "is up to date" in capsys.readouterr().out
+    assert (tmp_path / "cache" / "tokens.npy").stat().st_mtime_ns == before
+    assert main(["tokenize", *data, f"token_cache={tmp_path / 'cache'}", "--flip"]) == 2
+    assert "was made without flipped copies: pass --overwrite" in capsys.readouterr().err
+    assert main(["tokenize", *data, f"token_cache={tmp_path / 'cache'}", "data.eval_fraction=0.25"]) == 2
+    assert "was made from other images or settings" in capsys.readouterr().err
+    make_tokenizer(seed=3).save_pretrained(tmp_path / "other_tok")
+    assert main(["tokenize", *data, f"token_cache={tmp_path / 'cache'}", f"tokenizer={tmp_path / 'other_tok'}"]) == 2
+    assert "was made by another tokenizer: pass --overwrite" in capsys.readouterr().err
+    assert main(["tokenize", *data, f"token_cache={tmp_path / 'cache'}", "--flip", "--overwrite"]) == 0
+    assert json.loads((tmp_path / "cache" / "header.json").read_text())["flip"] is True
 
 
 def test_held_out_metrics_need_the_data_the_cache_was_made_from(workdir, tmp_path, capsys):

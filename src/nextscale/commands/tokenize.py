@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from nextscale.commands.common import UserError, resolve_device
 from nextscale.data.datasets import IMAGE_FOLDER_CONVENTION
@@ -69,13 +70,42 @@ def run(args) -> int:
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=False,
                                          num_workers=cfg.data.num_workers)
     flip = cfg.data.hflip if args.flip is None else args.flip
-    from pathlib import Path
     source = f"{cfg.data.resolved_kind()}:{Path(cfg.data.path).resolve() if cfg.data.path else 'default'}:{args.split}"
+    data = {"split": args.split, **config_to_dict(cfg.data)}
+    if Path(out_path).exists() and not args.overwrite:
+        reason = _why_not_up_to_date(Path(out_path), vae, source, flip, len(dataset), data)
+        if reason is None:
+            print(f"{out_path} is up to date (the same tokenizer, images and settings): nothing to do")
+            return 0
+        raise UserError(f"{out_path} already exists and {reason}: pass --overwrite to replace it, or another --out")
     with torch.inference_mode():
         out = build_token_cache(vae, loader, len(dataset), out_path, flip=flip, source=source,
-                                overwrite=args.overwrite, device=device, classes=list(dataset.classes),
-                                data={"split": args.split, **config_to_dict(cfg.data)})
+                                overwrite=args.overwrite, device=device, classes=list(dataset.classes), data=data)
     skipped = getattr(dataset, "num_skipped", 0)
     print(f"wrote {out}: {len(dataset)} images{' (+ flipped)' if flip else ''}"
           f"{f', {skipped} unreadable image(s) skipped' if skipped else ''}")
     return 0
+
+
+IGNORED_DATA_KEYS = ("num_workers", "verify")  # settings that do not change the tokens
+
+
+def _why_not_up_to_date(path: Path, vae, source: str, flip: bool, num_images: int, data: dict) -> str | None:
+    """None when the cache at `path` holds what this command would write, else what differs (for rerunning the
+    README's commands: an existing, matching cache is kept)."""
+    from nextscale.training.token_cache import TokenCache, TokenCacheError
+    try:
+        cache = TokenCache.open(path)
+        cache.check_tokenizer(vae)
+    except TokenCacheError as e:
+        return "was made by another tokenizer" if "another tokenizer" in str(e) else f"is not a usable cache ({e})"
+    header = cache.header
+    recorded = {k: v for k, v in (header.get("data") or {}).items() if k not in IGNORED_DATA_KEYS}
+    wanted = {k: v for k, v in data.items() if k not in IGNORED_DATA_KEYS}
+    if header.get("source") != source or recorded != wanted:
+        return "was made from other images or settings"
+    if bool(header.get("flip")) != bool(flip):
+        return f"was made {'with' if header.get('flip') else 'without'} flipped copies"
+    if header.get("num_images") != num_images:
+        return f"holds {header.get('num_images')} images, the data now {num_images}"
+    return None
