@@ -72,6 +72,14 @@ def test_folder_to_tokenizer_to_cache_to_transformer(workspace, capsys):
     assert "resumed from" in capsys.readouterr().out
     steps = [r["step"] for r in records(run / "metrics.jsonl") if "loss" in r]
     assert steps == [1, 2, 3, 4]
+    # Rerunning a finished run trains nothing and logs nothing new; so does rerunning the tokenizer's.
+    before = (run / "metrics.jsonl").read_text()
+    assert main(["train", "configs/var_own_images.yaml", *VAR_CI[1:], "steps=4"]) == 0
+    assert (run / "metrics.jsonl").read_text() == before
+    before = (tok_run / "metrics.jsonl").read_text()
+    assert main(["train-tokenizer", "configs/tokenizer_own_images.yaml", *TOKENIZER_CI]) == 0
+    assert (tok_run / "metrics.jsonl").read_text() == before
+    assert main(["tokenize", "configs/var_own_images.yaml"]) == 0  # the cache is up to date
 
 
 def test_print_config_shows_one_vocabulary_in_both_recipes(workspace, capsys):

@@ -391,7 +391,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> dict:
         ckpts.save(step_now, state, config=cfg)
         vae.save_pretrained(out_dir / "model")
 
-    start_time = time.time()
+    start_time, start_step = time.time(), step
     batches = _infinite_batches(loader, sampler, per_rank_batch, epoch, batch_in_epoch)
     bar = progress_bar(total=cfg.steps, initial=step, desc="train-tokenizer", enabled=main)
     last_eval = None  # (step, held-out PSNR): the final summary reuses it when taken at the last step
@@ -521,7 +521,8 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> dict:
     if main and eval_images is not None:
         if last_eval is None or last_eval[0] != step:  # the final held-out PSNR, logged like the others
             last_eval = (step, evaluate_psnr(vae, eval_images))
-            metrics.log(step, eval_psnr=last_eval[1])
+            if step > start_step:  # (a rerun of a finished run trains nothing and logs nothing)
+                metrics.log(step, eval_psnr=last_eval[1])
         summary["eval_psnr"] = last_eval[1]
     metrics.close()
     if main:

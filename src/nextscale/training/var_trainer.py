@@ -832,7 +832,8 @@ class _Trainer:
                 if stopped_by:
                     break
             bar.close()
-            if not stopped_by and self.eval_batches is not None and last_eval_step != self.step:
+            if (not stopped_by and self.eval_batches is not None and last_eval_step != self.step
+                    and self.step > start_step):  # (a rerun of a finished run trains and logs nothing)
                 last_eval = self.evaluate()  # the final held-out metrics
                 metrics.log(self.step, **last_eval)
             path = self.save_checkpoint()
