@@ -12,7 +12,7 @@ EPILOG = """\
 examples:
   nextscale train configs/var_fashion_mnist.yaml
   nextscale train configs/var_fashion_mnist.yaml steps=200 out_dir=runs/try optim.lr=3e-4
-  nextscale train configs/var_own_images.yaml data.path=data/my_images
+  nextscale train configs/var_own_images.yaml data.path=/your/images     # class subfolders
   nextscale train configs/var_d16.yaml tokenizer=vae_ch160v4096z32.pth data.path=/data/imagenet/train
   torchrun --nproc_per_node 8 -m nextscale.cli train configs/var_d16.yaml ...      (DDP, one node)
   torchrun --nnodes 4 --node_rank R --rdzv_backend c10d --rdzv_endpoint HOST:29500 \\

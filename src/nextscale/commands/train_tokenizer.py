@@ -9,7 +9,7 @@ from nextscale.data.datasets import IMAGE_FOLDER_CONVENTION
 EPILOG = """\
 examples:
   nextscale train-tokenizer configs/tokenizer_fashion_mnist.yaml              # -> runs/tokenizer_fmnist/model
-  nextscale train-tokenizer configs/tokenizer_own_images.yaml data.path=data/my_images
+  nextscale train-tokenizer configs/tokenizer_own_images.yaml data.path=/your/images   # class subfolders
   nextscale train-tokenizer configs/tokenizer_fashion_mnist.yaml steps=200 loss.perceptual_weight=0.1
   nextscale train-tokenizer configs/tokenizer_imagenet_256.yaml data.path=/data/imagenet/train \\
       data.eval_path=/data/imagenet/val
