@@ -418,3 +418,11 @@ def test_eval_tokenizer_reads_a_run_folder_with_model_or_legacy_export(tmp_path,
         code = main(["eval-tokenizer", "--tokenizer", str(tmp_path / name.split("/")[0]), "--data", str(data),
                      "--lpips", "off", "--out", str(tmp_path / "eval")])
         assert code == 0
+
+
+def test_init_from_a_train_tokenizer_run_folder(tmp_path):
+    first = train_tokenizer(_plain_config(tmp_path, "steps=2", "eval_every=0"))
+    second = train_tokenizer(_plain_config(tmp_path, "steps=1", "eval_every=0", "optim.lr=1e-12",
+                                           f"init_from={tmp_path / 'run'}", f"out_dir={tmp_path / 'run2'}"))
+    a, b = first["vae"].state_dict(), second["vae"].state_dict()
+    assert torch.allclose(a["decoder.conv_out.weight"], b["decoder.conv_out.weight"], atol=1e-6)
