@@ -426,3 +426,16 @@ def test_init_from_a_train_tokenizer_run_folder(tmp_path):
                                            f"init_from={tmp_path / 'run'}", f"out_dir={tmp_path / 'run2'}"))
     a, b = first["vae"].state_dict(), second["vae"].state_dict()
     assert torch.allclose(a["decoder.conv_out.weight"], b["decoder.conv_out.weight"], atol=1e-6)
+
+
+def test_eval_tokenizer_of_a_run_defaults_to_its_held_out_images(tmp_path, capsys):
+    from nextscale.cli import main
+    train_tokenizer(_plain_config(tmp_path, "steps=1", "eval_every=0", "data.eval_path=null",
+                                  "data.eval_fraction=0.25"))  # 24 images in 2 classes: 3 of 12 held out per class
+    assert main(["eval-tokenizer", "--tokenizer", str(tmp_path / "run"), "--lpips", "off", "--grid-images", "2",
+                 "--out", str(tmp_path / "eval")]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["num_images"] == 6 and metrics["data"].startswith("held-out images of")
+    train_tokenizer(_plain_config(tmp_path / "b", "steps=1", "eval_every=0", "data.eval_path=null"))
+    assert main(["eval-tokenizer", "--tokenizer", str(tmp_path / "b" / "run"), "--lpips", "off"]) == 2
+    assert "has no held-out images" in capsys.readouterr().err

@@ -12,7 +12,8 @@ EPILOG = """\
 examples:
   nextscale eval-tokenizer --tokenizer runs/tokenizer_fmnist
   nextscale eval-tokenizer --tokenizer runs/tokenizer_fmnist/model --max-images 1000 --out eval_fmnist
-  nextscale eval-tokenizer --tokenizer runs/tokenizer_own --data data/my_images
+  nextscale eval-tokenizer --tokenizer runs/tokenizer_own          # the run's held-out images (data.eval_fraction)
+  nextscale eval-tokenizer --tokenizer runs/tokenizer_own --data data/other_images
   nextscale eval-tokenizer --tokenizer vae_ch160v4096z32.pth --data /data/imagenet/val --resize-ratio 1.125
 
 PSNR is the mean over images of each image's PSNR (dB, pixels in [0, 1]); "k scales" decodes the
@@ -32,8 +33,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--tokenizer", required=True,
                    help="a tokenizer: a folder (config.json + model.safetensors), a train-tokenizer run folder (its model/ is "
                         "used), the published vae_ch160v4096z32.pth, or vae-f16c32")
-    p.add_argument("--data", default="fashion-mnist",
-                   help="'fashion-mnist' (default) or an image folder (recursive) to evaluate on")
+    p.add_argument("--data", default=None,
+                   help="'fashion-mnist', an image folder (recursive) to evaluate on, or 'run': the held-out images of "
+                        "the train-tokenizer run given as --tokenizer (its config.yaml: Fashion-MNIST's test split, "
+                        "data.eval_path or data.eval_fraction). Default: 'run' for a run folder, else fashion-mnist")
     p.add_argument("--split", default="test", choices=["test", "train"], help="Fashion-MNIST split (default test)")
     p.add_argument("--fashion-mnist-dir", default=None,
                    help="folder of the Fashion-MNIST files (default /usr/share/datasets/fashion-mnist)")
@@ -76,13 +79,32 @@ def run(args) -> int:
     vae = nextscale.load_vae(resolve_tokenizer_path(args.tokenizer))
     channels = vae.config.image_channels
     transform = ImageTransform(vae.resolution, train=False, channels=channels, resize_ratio=args.resize_ratio)
-    if args.data == "fashion-mnist":
+    data = args.data
+    run_config = Path(args.tokenizer) / "config.yaml"
+    if data is None:
+        data = "run" if run_config.is_file() else "fashion-mnist"
+    if data == "run":
+        if not run_config.is_file():
+            raise UserError(f"--data run needs --tokenizer to be a train-tokenizer run folder (with config.yaml); "
+                            f"{args.tokenizer} is not one: pass --data fashion-mnist or --data FOLDER")
+        import yaml
+
+        from nextscale.data.datasets import DataConfig, NoHeldOutData, build_dataset
+        from nextscale.training.config import from_dict
+        data_cfg = from_dict(DataConfig, (yaml.safe_load(run_config.read_text()) or {}).get("data") or {}, "data.")
+        try:
+            dataset = build_dataset(data_cfg, train=False)
+        except NoHeldOutData:
+            raise UserError(f"the run {args.tokenizer} has no held-out images (no data.eval_path or "
+                            f"data.eval_fraction): pass --data FOLDER") from None
+        data = f"held-out images of {args.tokenizer} ({data_cfg.resolved_kind()} {data_cfg.path or ''})".rstrip()
+    elif data == "fashion-mnist":
         if vae.resolution != 32:
             raise UserError(f"Fashion-MNIST images are 32x32 but this tokenizer expects {vae.resolution}x"
                             f"{vae.resolution}; evaluate it on an image folder (--data FOLDER)")
         dataset = FashionMNISTDataset(args.split, transform, args.fashion_mnist_dir)
     else:
-        dataset = ImageFolderDataset(args.data, transform)
+        dataset = ImageFolderDataset(data, transform)
 
     perceptual = None
     if args.lpips != "off":
@@ -103,7 +125,7 @@ def run(args) -> int:
     zoom = max(1, min(4, 128 // vae.resolution))  # small images (Fashion-MNIST) are shown 4x, pixels kept sharp
     save_png(grid_png.repeat(zoom, 0).repeat(zoom, 1), out / "reconstructions.png")
     result["tokenizer"] = args.tokenizer
-    result["data"] = args.data if args.data != "fashion-mnist" else f"fashion-mnist/{args.split}"
+    result["data"] = data if data != "fashion-mnist" else f"fashion-mnist/{args.split}"
     if perceptual is not None:
         result["lpips_backbone"], result["lpips_heads"] = perceptual.vgg_source, perceptual.heads_source
     (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
