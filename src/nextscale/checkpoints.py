@@ -442,8 +442,8 @@ def _fetch_repo(name: str) -> Path:
             return Path(snapshot_download(name, local_files_only=True))
         except Exception:
             pass
-    raise CheckpointError(f"{name!r} is not a local file or folder, and as a Hugging Face Hub repo id it is not in "
-                          f"the cache and {reason}: {how}")
+    raise CheckpointError(f"{name!r}: no such file or folder (looked in {os.getcwd()}), and as a Hugging Face Hub "
+                          f"repo id it is not in the cache and {reason}: {how}")
 
 
 def _resolve(path_or_name: str | os.PathLike, kind: str) -> Path:

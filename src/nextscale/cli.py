@@ -37,7 +37,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # `nextscale tokenize CFG --out X data.path=Y`: key=value overrides after an option land here, not in the
+    # positional list argparse closed at the option; they are overrides all the same.
+    overrides = [a for a in extra if "=" in a and not a.startswith("-")]
+    if overrides and isinstance(getattr(args, "overrides", None), list):
+        args.overrides += overrides
+        extra = [a for a in extra if a not in overrides]
+    if extra:
+        parser.parse_args(argv)  # the standard "unrecognized arguments" message and exit code 2
     try:
         return int(args.run(args) or 0)
     except UserError as e:
