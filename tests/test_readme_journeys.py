@@ -173,3 +173,20 @@ def test_fashion_mnist_recipe_as_the_readme_says(tmp_path):
     assert (work / "runs" / "tokenizer_fmnist" / "model" / "config.json").is_file()
     assert (work / "runs" / "cache_fmnist_train" / "header.json").is_file()
     assert (work / "runs" / "var_fmnist" / "model" / "config.json").is_file()
+
+
+def python_blocks(text: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", text, re.S)
+
+
+def test_readme_python_snippets_of_the_shipped_model_run():
+    """Every README Python block that uses the shipped model (it works offline) runs as written."""
+    import nextscale
+    blocks = [b for b in python_blocks(README.read_text()) if 'load_pretrained("fashion-mnist")' in b]
+    assert len(blocks) >= 2, "the README's shipped-model and per-image-seed snippets are gone"
+    for block in blocks:
+        namespace = {"nextscale": nextscale}
+        exec(compile(block, "README.md", "exec"), namespace)
+        out = namespace["out"]
+        assert out.images.shape[1:] == (3, 32, 32) and len(out.images) == len(out.labels)
+        assert out.labels.max() < 10

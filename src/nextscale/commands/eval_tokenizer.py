@@ -56,12 +56,6 @@ def add_parser(subparsers) -> None:
     p.set_defaults(run=run)
 
 
-def resolve_tokenizer_path(path: str) -> str:
-    """A training out_dir stands for its model/ folder (legacy runs: export/)."""
-    from nextscale.training.checkpointing import resolve_model_folder
-    return resolve_model_folder(path)
-
-
 def run(args) -> int:
     import torch
 
@@ -76,7 +70,7 @@ def run(args) -> int:
     if args.batch_size < 1 or (args.max_images is not None and args.max_images < 1):
         raise UserError("--batch-size and --max-images must be positive")
     device = resolve_device(args.device)
-    vae = nextscale.load_vae(resolve_tokenizer_path(args.tokenizer))
+    vae = nextscale.load_vae(args.tokenizer)  # a run folder stands for its model/
     channels = vae.config.image_channels
     transform = ImageTransform(vae.resolution, train=False, channels=channels, resize_ratio=args.resize_ratio)
     data = args.data

@@ -9,11 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from nextscale.commands.common import UserError, add_device_args, add_model_args, load_model, resolve_device
-from nextscale.sampling import (PUBLISHED_SAMPLING, class_names, parse_classes, recommended_sampling,  # noqa: F401
-                                resolve_sampling)
+from nextscale.sampling import class_names, parse_classes, resolve_sampling
 
 # The sampling defaults and the class parser live in the library, shared with Python and the web app.
-DEFAULT_SAMPLING = PUBLISHED_SAMPLING
 
 
 def add_sampling_args(parser: argparse.ArgumentParser) -> None:

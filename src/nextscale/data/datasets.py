@@ -25,6 +25,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -148,6 +149,29 @@ class ImageTransform:
         return x.contiguous()
 
 
+def heldout_indices(relative_paths: Sequence[str], labels: Sequence[int], fraction: float, seed: int = 0) -> list[int]:
+    """Which images of a labelled folder are held out: per class, round(fraction * n) of them (at least 1 of 2+,
+    never all), those whose relative path (with seed s != 0: "s/path") has the smallest SHA-1.
+
+    A function of the file names only, so every command that reads the folder (train-tokenizer, tokenize, train,
+    train-classifier, eval) holds out the same images, whatever the order of listing or the other files.
+    """
+    import hashlib
+    by_class: dict[int, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_class.setdefault(int(label), []).append(i)
+    held: list[int] = []
+    if fraction <= 0:
+        return held
+    key = (lambda i: relative_paths[i]) if seed == 0 else (lambda i: f"{seed}/{relative_paths[i]}")
+    for members in by_class.values():
+        if len(members) < 2:
+            continue
+        k = min(len(members) - 1, max(1, round(fraction * len(members))))
+        held.extend(sorted(members, key=lambda i: hashlib.sha1(key(i).encode()).hexdigest())[:k])
+    return sorted(held)
+
+
 # ---------------------------------------------------------------------------- image folder
 def _try_decode(path: Path) -> str | None:
     """None when `path` decodes as an image, else the reason it does not."""
@@ -191,7 +215,7 @@ class ImageFolderDataset(Dataset):
         if not 0.0 <= holdout < 1.0:
             raise ValueError(f"data.eval_fraction must be in [0, 1), got {holdout}")
         if part != "all" and files:
-            held = self._heldout(files, labels, holdout)
+            held = set(heldout_indices([p.relative_to(self.root).as_posix() for p in files], labels, holdout))
             keep = [i for i in range(len(files)) if (i in held) == (part == "heldout")]
             if not keep:
                 raise EmptyDatasetError(f"holding out {holdout:.0%} of each class of {self.root} leaves no "
@@ -218,24 +242,6 @@ class ImageFolderDataset(Dataset):
                 f"recursively{'; ' + str(self.num_skipped) + ' unreadable file(s) skipped' if self.num_skipped else ''})")
         self.files = files
         self.labels = labels
-
-    def _heldout(self, files: list[Path], labels: list[int], fraction: float) -> set[int]:
-        """Indices of the held-out images: per class, round(fraction * n) (at least 1 of 2+), by path hash."""
-        import hashlib
-        held: set[int] = set()
-        if fraction <= 0:
-            return held
-        by_class: dict[int, list[int]] = {}
-        for i, label in enumerate(labels):
-            by_class.setdefault(label, []).append(i)
-        for members in by_class.values():
-            if len(members) < 2:
-                continue
-            k = min(len(members) - 1, max(1, round(fraction * len(members))))
-            ranked = sorted(members, key=lambda i: hashlib.sha1(
-                files[i].relative_to(self.root).as_posix().encode()).hexdigest())
-            held.update(ranked[:k])
-        return held
 
     @property
     def num_classes(self) -> int:

@@ -128,19 +128,13 @@ def read_labelled_folder(root: str | os.PathLike, resolution: int, channels: int
 
 
 def heldout_mask(files: list[str], labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Boolean (N,): per class, the round(fraction * n) files (at least 1 of 2+, never all) of smallest hash (of the
-    relative path; of "<seed>/<path>" for a seed other than 0)."""
+    """Boolean (N,): the held-out images of a folder, by the training data's rule (`data.datasets.heldout_indices`):
+    with seed 0 exactly what `data.eval_fraction` holds out of a generator's training."""
+    from nextscale.data.datasets import heldout_indices
     if not 0 < fraction < 1:
         raise ValueError(f"--holdout must be in (0, 1), got {fraction}")
     mask = np.zeros(len(files), dtype=bool)
-    for c in np.unique(labels):
-        members = np.flatnonzero(labels == c)
-        if len(members) < 2:
-            continue
-        k = min(len(members) - 1, max(1, round(fraction * len(members))))
-        key = (lambda i: files[i]) if seed == 0 else (lambda i: f"{seed}/{files[i]}")
-        ranked = sorted(members, key=lambda i: hashlib.sha1(key(i).encode()).hexdigest())
-        mask[ranked[:k]] = True
+    mask[heldout_indices(files, labels, fraction, seed)] = True
     return mask
 
 

@@ -163,16 +163,3 @@ class CheckpointManager:
             old.with_suffix(".yaml").unlink(missing_ok=True)
         return path
 
-
-# ---------------------------------------------------------------------------- run folders
-def resolve_model_folder(path: str | os.PathLike) -> str:
-    """A training run folder stands for the model it exported: RUN -> RUN/model (or the legacy RUN/export).
-
-    Anything else (a model folder, a file, a preset name) is returned unchanged. `nextscale.load_vae` and
-    `load_var` apply the same rule; this keeps the commands working with versions that do not."""
-    p = Path(path)
-    if p.is_dir() and not (p / "config.json").is_file():
-        for name in ("model", "export"):
-            if (p / name / "config.json").is_file():
-                return str(p / name)
-    return str(path)

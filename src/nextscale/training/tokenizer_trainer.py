@@ -304,8 +304,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> dict:
     # Models and optimizers.
     vae = VQVAE(cfg.model)
     if cfg.init_from:
-        from nextscale.training.checkpointing import resolve_model_folder
-        start = nextscale_load_vae(resolve_model_folder(cfg.init_from), patch_nums=cfg.model.patch_nums)
+        start = nextscale_load_vae(cfg.init_from, patch_nums=cfg.model.patch_nums)
         if start.config.to_dict() != vae.config.to_dict():
             raise ValueError(f"init_from {cfg.init_from} has another architecture than `model`: "
                              f"{start.config.to_dict()} vs {vae.config.to_dict()}")

@@ -270,18 +270,10 @@ class TokenSource:
 def load_tokenizer(path: str | None, patch_nums=None):
     """The tokenizer `path` names: a train-tokenizer run folder (its model/), a tokenizer folder, a .pth, a preset."""
     import nextscale
-    from nextscale.training.checkpointing import resolve_model_folder
     if not path:
         raise ConfigError("no tokenizer given: set tokenizer=PATH (a run folder written by `nextscale train-tokenizer`, "
                           "a tokenizer folder, a .pth, or the preset vae-f16c32)")
-    p = Path(path)
-    if p.is_dir() and not (p / "config.json").is_file() and resolve_model_folder(p) == str(p):
-        if (p / "checkpoints").is_dir():
-            raise ConfigError(f"tokenizer={path} is a train-tokenizer run without an exported model yet "
-                              f"(no {p / 'model'}): let `nextscale train-tokenizer` reach a checkpoint first")
-        raise ConfigError(f"tokenizer={path} is neither a tokenizer folder (config.json + model.safetensors) nor a "
-                          f"train-tokenizer run folder (with model/)")
-    vae = nextscale.load_vae(resolve_model_folder(path))
+    vae = nextscale.load_vae(path)  # the one rule for run folders and checkpoints (checkpoints.resolve_model_path)
     if patch_nums is not None and tuple(patch_nums) != tuple(vae.patch_nums):
         try:
             vae.set_patch_nums(patch_nums)
