@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 import nextscale
+from nextscale.checkpoints import CheckpointError
 from nextscale.training.checkpointing import CheckpointManager, load_checkpoint
 from nextscale.training.config import ConfigError
 from nextscale.training.metrics import read_jsonl
@@ -471,8 +472,11 @@ def test_tokenizer_may_be_a_train_tokenizer_run_folder(workdir, tmp_path):
     assert summary["step"] == 1
     shutil.copytree(workdir / "tok", tmp_path / "legacy_run" / "export")  # runs of older versions
     assert train(base_config(workdir, tmp_path / "run2", tokenizer=str(tmp_path / "legacy_run"), steps=1))["step"] == 1
-    (tmp_path / "early_run" / "checkpoints").mkdir(parents=True)
-    with pytest.raises(ConfigError, match="without an exported model yet"):
+    (tmp_path / "early_run" / "checkpoints").mkdir(parents=True)  # a tokenizer run before its first checkpoint
+    with pytest.raises(CheckpointError, match="training run folder without a model or a checkpoint yet"):
+        train(base_config(workdir, tmp_path / "run3", tokenizer=str(tmp_path / "early_run")))
+    (tmp_path / "early_run" / "checkpoints" / "step_00000010.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="run the same `nextscale train-tokenizer` command again"):
         train(base_config(workdir, tmp_path / "run3", tokenizer=str(tmp_path / "early_run")))
 
 

@@ -217,7 +217,8 @@ def resolve_model_path(path: str | os.PathLike, kind: str) -> Path:
         raise CheckpointError(f"{run} holds training checkpoints but no model/ yet: the tokenizer trainer writes "
                               f"{run / 'model'} with each checkpoint; run the same `nextscale train-tokenizer` "
                               f"command again to resume and write it")
-    if run_tokenizer is not None or (p / "config.yaml").is_file() or (p / "metrics.jsonl").is_file():
+    if run_tokenizer is not None or any((p / name).exists() for name in ("config.yaml", "metrics.jsonl",
+                                                                            CHECKPOINTS_SUBDIR)):
         raise CheckpointError(f"{p} is a training run folder without a model or a checkpoint yet: training writes "
                               f"{p / 'model'} when it finishes (and checkpoints/ every checkpoint_every steps)")
     raise CheckpointError(f"{p} is not a {what} model folder ({CONFIG_NAME} + {WEIGHTS_NAME}) nor a training run "
