@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt Makefile
 	touch $@
 
 test: install browser data
-	$(BIN)/python -m pytest -q
+	NEXTSCALE_REQUIRE_PERCEPTUAL_WEIGHTS=1 $(BIN)/python -m pytest -q
 
 # Debian's Chromium for the web app's browser tests (tests/test_serve.py), installed when missing and we are
 # root with apt-get; otherwise nothing happens and those tests are skipped, saying why.
