@@ -248,3 +248,19 @@ def test_help_of_the_training_commands_documents_the_image_folder_convention(cap
         for needed in ("one subfolder per class", "class names = subfolder names", "sorted order", ".jpg", ".webp",
                        "skipped with a warning and counted", "resized (shorter side", "data.resolution"):
             assert needed in text, (command, needed)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "steps=-5"], "steps must be at least 1, got -5"),
+    (["train", "log_every=0"], "log_every must be at least 1, got 0"),
+    (["train", "eval_every=-1"], "eval_every must be 0 (off) or more, got -1"),
+    (["train-tokenizer", "steps=0"], "steps must be at least 1, got 0"),
+    (["train-tokenizer", "global_batch=0"], "global_batch must be at least 1, got 0"),
+    (["train-tokenizer", "checkpoint_every=-2"], "checkpoint_every must be 0 (off) or more, got -2"),
+])
+def test_counts_out_of_range_are_refused_before_any_work(argv, message, tmp_path, capsys):
+    """steps=-5 used to "train" 0 steps and export; log_every=0 crashed with ZeroDivisionError mid-run."""
+    from nextscale.cli import main
+    assert main([*argv, f"out_dir={tmp_path / 'run'}"]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

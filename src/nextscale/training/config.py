@@ -222,3 +222,24 @@ def coerce(value: Any, hint, key: str):
             return str(value)
         raise ConfigError(f"{key} must be a string, got {value!r}")
     return value
+
+
+def check_counts(cfg, positive: Sequence[str] = (), non_negative: Sequence[str] = ()) -> None:
+    """Refuse a count or interval out of range (steps=-5, log_every=0, ...) before any work, naming the key.
+
+    `positive`: dotted keys that must be >= 1 when set; `non_negative`: keys that must be >= 0 (0 turns them off).
+    """
+    def value_of(key: str):
+        node = cfg
+        for part in key.split("."):
+            node = getattr(node, part)
+        return node
+
+    for key in positive:
+        value = value_of(key)
+        if value is not None and not value >= 1:
+            raise ConfigError(f"{key} must be at least 1, got {value}")
+    for key in non_negative:
+        value = value_of(key)
+        if value is not None and not value >= 0:
+            raise ConfigError(f"{key} must be 0 (off) or more, got {value}")

@@ -36,7 +36,7 @@ from nextscale.data.datasets import DataConfig, build_dataset
 from nextscale.tokenizer.vqvae import VQVAE, VQVAEConfig
 from nextscale.training import distributed as dist_utils
 from nextscale.training.checkpointing import CheckpointManager, load_checkpoint, restore_rng_state
-from nextscale.training.config import ConfigError, save_config
+from nextscale.training.config import ConfigError, check_counts, save_config
 from nextscale.training.discriminator import PatchDiscriminator
 from nextscale.training.losses import (adaptive_gan_weight, hinge_discriminator_loss, hinge_generator_loss, psnr,
                                        reconstruction_loss)
@@ -256,6 +256,9 @@ def _infinite_batches(loader: DataLoader, sampler: _ResumableSampler, batch_size
 def train_tokenizer(cfg: TokenizerTrainConfig) -> dict:
     """Train (or resume) as configured; returns a summary: step, minutes, usage_per_scale, eval_psnr (rank 0,
     when held-out images exist), and the trained modules `vae` and `discriminator` (None without the GAN)."""
+    check_counts(cfg, positive=("steps", "global_batch", "log_every", "keep_checkpoints"),
+                 non_negative=("eval_every", "eval_images", "checkpoint_every", "threads", "time_limit_minutes",
+                               "codebook.restart_every"))
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     info = dist_utils.init_distributed(cfg.device)
@@ -464,7 +467,8 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> dict:
                 for t in tokens:
                     window_hits_V += torch.bincount(t.flatten(), minlength=cfg.model.vocab_size).to(window_hits_V)
             restart_open = cfg.codebook.restart_until <= 0 or step < cfg.codebook.restart_until
-            if cfg.codebook.restart_dead_codes and restart_open and step % cfg.codebook.restart_every == 0:
+            if cfg.codebook.restart_dead_codes and restart_open and cfg.codebook.restart_every > 0 \
+                    and step % cfg.codebook.restart_every == 0:
                 hits = dist_utils.all_reduce_sum(window_hits_V)
                 candidates = dist_utils.broadcast_object(quantizer_inputs(vae, f).cpu() if main else None)
                 dead = restart_dead_codes(vae, hits.cpu(), candidates, restart_gen)
@@ -507,7 +511,8 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> dict:
             elapsed_min = (elapsed_before + time.time() - start_time) / 60
             out_of_time = cfg.time_limit_minutes > 0 and elapsed_min >= cfg.time_limit_minutes
             out_of_time, stop_now = dist_utils.broadcast_object((out_of_time, bool(stop.signum)))
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps or out_of_time or stop_now:
+            checkpoint_due = bool(cfg.checkpoint_every) and step % cfg.checkpoint_every == 0
+            if checkpoint_due or step == cfg.steps or out_of_time or stop_now:
                 save(step)
             if out_of_time or stop_now:
                 dist_utils.print_main(f"stopping at step {step}: "

@@ -43,8 +43,8 @@ import torch.nn.functional as F
 from nextscale.data.datasets import DataConfig, build_dataset
 from nextscale.training import distributed as D
 from nextscale.training.checkpointing import CheckpointManager, load_checkpoint, restore_rng_state
-from nextscale.training.config import (ConfigError, check_overrides_take_effect, config_to_dict, from_dict,
-                                       load_config, save_config)
+from nextscale.training.config import (ConfigError, check_counts, check_overrides_take_effect, config_to_dict,
+                                       from_dict, load_config, save_config)
 from nextscale.training.metrics import MetricsLogger, plot_curves, progress_bar
 from nextscale.training.optim import build_adamw, build_scheduler, scaled_lr
 from nextscale.training.token_cache import TokenCache, TokenCacheError, split_scales, tokenizer_identity
@@ -444,6 +444,9 @@ def train(config, overrides=(), on_step: Callable[[int, dict], None] | None = No
     `on_step(step, record)` is called on every rank after every optimizer step (tests, custom hooks).
     """
     cfg = config_from(config, overrides)
+    check_counts(cfg, positive=("steps", "global_batch", "micro_batch", "log_every", "keep_checkpoints",
+                                "sample.per_class"),
+                 non_negative=("epochs", "checkpoint_every", "eval_every", "eval_images", "sample.every", "threads"))
     info = D.init_distributed(cfg.device)
     try:
         return _Trainer(cfg, info, on_step).run()
