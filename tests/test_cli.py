@@ -137,3 +137,14 @@ def test_help_explains_every_option():
     with pytest.raises(SystemExit) as exit_info:
         main(["sample", "--help"])
     assert exit_info.value.code == 0
+
+
+def test_edit_offers_no_batch_size_it_would_ignore(capsys):
+    """`edit` regenerates a request in one batch: its --help used to list a --batch-size that did nothing."""
+    from nextscale.cli import main
+    with pytest.raises(SystemExit):
+        main(["edit", "--help"])
+    assert "--batch-size" not in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["sample", "--help"])
+    assert "--batch-size" in capsys.readouterr().out

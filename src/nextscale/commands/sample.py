@@ -14,7 +14,7 @@ from nextscale.sampling import class_names, parse_classes, resolve_sampling
 # The sampling defaults and the class parser live in the library, shared with Python and the web app.
 
 
-def add_sampling_args(parser: argparse.ArgumentParser) -> None:
+def add_sampling_args(parser: argparse.ArgumentParser):
     group = parser.add_argument_group("sampling")
     group.add_argument("--seed", type=int, default=0,
                        help="random seed (default 0). Image i uses seed+i, so an image does not depend on the "
@@ -31,13 +31,13 @@ def add_sampling_args(parser: argparse.ArgumentParser) -> None:
                             "0 = off (default: the model's recommendation, else 0.96)")
     group.add_argument("--more-smooth", action="store_true",
                        help="Gumbel-softmax code mixing: smoother images for viewing; not for FID")
-    group.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
+    return group
 
 
 def sampling_settings(args, var) -> dict:
     """cfg/top-k/top-p: the command line, else the model's recommendation, else the published FID ones."""
     settings = resolve_sampling(var, args.cfg, args.top_k, args.top_p)
-    if args.batch_size < 1:
+    if getattr(args, "batch_size", 1) < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     return settings
 
@@ -57,7 +57,9 @@ def add_parser(sub) -> None:
                       help="images per class (default 8; the FID protocol is 50 per class)")
     what.add_argument("--num-images", type=int, default=None,
                       help="instead of classes: this many images with uniformly drawn classes")
-    add_sampling_args(p)
+    sampling = add_sampling_args(p)
+    # `edit` regenerates each request's images in one batch; only `sample` splits a request into batches.
+    sampling.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
     add_device_args(p)
     out = p.add_argument_group("output")
     out.add_argument("--out", default="samples", help="output folder (default samples)")
