@@ -44,3 +44,16 @@ def test_greedy_generation_follows_its_own_argmax_and_seed_is_deterministic():
     a = ar.generate(labels, torch.Generator().manual_seed(7), cfg=2.0, top_k=8)
     b = ar.generate(labels, torch.Generator().manual_seed(7), cfg=2.0, top_k=8)
     assert torch.equal(a, b) and a.min() >= 0 and a.max() < 32
+
+
+def test_a_run_folder_stands_for_its_model_folder(tmp_path):
+    """`RasterAR.from_pretrained(RUN)` reads RUN/model, the rule load_var applies to transformer runs."""
+    import pytest
+
+    from nextscale.checkpoints import CheckpointError
+    model = tiny_raster_ar()
+    model.save_pretrained(tmp_path / "run" / "model")
+    loaded = RasterAR.from_pretrained(tmp_path / "run")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    with pytest.raises(CheckpointError):
+        RasterAR.from_pretrained(tmp_path / "elsewhere")

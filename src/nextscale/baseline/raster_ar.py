@@ -101,8 +101,10 @@ class RasterAR(nn.Module):
         """Load a folder written by `save_pretrained` / `nextscale export`; attaches its tokenizer."""
         from pathlib import Path
 
-        from nextscale.checkpoints import TOKENIZER_SUBDIR, CheckpointError, _read_folder, load_vae
+        from nextscale.checkpoints import CONFIG_NAME, TOKENIZER_SUBDIR, CheckpointError, _read_folder, load_vae
         folder = Path(folder)
+        if not (folder / CONFIG_NAME).is_file() and (folder / "model" / CONFIG_NAME).is_file():
+            folder = folder / "model"  # a training run folder stands for its model/, as for load_var
         meta, sd = _read_folder(folder, cls.model_type)
         model = cls(RasterARConfig.from_dict(meta["config"]))
         try:
