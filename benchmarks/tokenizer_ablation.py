@@ -95,7 +95,11 @@ def train_rows(out: Path, minutes: float, global_batch: int) -> dict[str, dict]:
     for name, (proc, start) in procs.items():
         if proc.wait() != 0:
             raise SystemExit(f"row {name!r} failed (exit {proc.returncode}); see {out / slug(name) / 'train.log'}")
-        record = dict(plans[name], wall_minutes=(time.time() - start) / 60)
+        metrics = out / slug(name) / "train" / "metrics.jsonl"
+        logged = [json.loads(line) for line in metrics.read_text().splitlines()]
+        # The time limit may stop a row before its planned steps: report the steps it trained.
+        record = dict(plans[name], wall_minutes=(time.time() - start) / 60,
+                      trained_steps=max(r["step"] for r in logged))
         (out / slug(name) / "summary.json").write_text(json.dumps(record, indent=2))
     return {name: json.loads((out / slug(name) / "summary.json").read_text()) for name in ROWS}
 
@@ -147,17 +151,19 @@ def evaluate_rows(out: Path, trained: dict, num_images: int, test_images: int, s
 
 
 def table(results: dict) -> str:
-    lines = ["| row | steps | minutes | PSNR (dB) | SSIM | class accuracy | Fréchet distance | KID | "
+    lines = ["| row | steps (of planned) | minutes | PSNR (dB) | SSIM | class accuracy | Fréchet distance | KID | "
              "codebook use per scale |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in results.items():
         c = r["classifier"]
         kid = f"{c['kid']:.3f}" if "kid" in c else ""
         if name == "real images":
-            lines.append(f"| {name} (floor) | | | | | {c['class_accuracy']:.3f} | {c['frechet_distance']:.2f} | {kid} | |")
+            lines.append(f"| {name} (floor) | | | | | {c['class_accuracy']:.3f} | {c['frechet_distance']:.2f} | "
+                         f"{kid} | |")
             continue
         t = r["train"]
         usage = ", ".join(f"{u:.0%}" for u in r["usage_per_scale"])
-        lines.append(f"| {name} | {t['steps']} | {t['wall_minutes']:.1f} | {r['psnr']:.2f} | {r['ssim']:.3f} | "
+        steps = f"{t.get('trained_steps', t['steps'])} of {t['steps']}"
+        lines.append(f"| {name} | {steps} | {t['wall_minutes']:.1f} | {r['psnr']:.2f} | {r['ssim']:.3f} | "
                      f"{c['class_accuracy']:.3f} | {c['frechet_distance']:.2f} | {kid} | {usage} |")
     return "\n".join(lines)
 
