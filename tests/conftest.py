@@ -60,3 +60,11 @@ def tiny_models():
     var.init_weights()
     var.attach_tokenizer(vae)
     return vae, var
+
+
+@pytest.fixture(autouse=True)
+def restore_torch_threads():
+    """Training sets torch's thread count (threads=1 in the tests' recipes); give the other tests theirs back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

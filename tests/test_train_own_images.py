@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from own_images import make_shapes_folder
 
@@ -19,12 +18,6 @@ TOKENIZER_CI = ["steps=3", "global_batch=4", "log_every=1", "eval_every=2", "che
 VAR_CI = ["steps=3", "global_batch=4", "log_every=1", "eval_every=2", "checkpoint_every=2", "sample.every=0",
           "model.depth=1", "model.embed_dim=32", "model.num_heads=1", "tensorboard=false", "progress=false"]
 
-
-@pytest.fixture(autouse=True)
-def restore_torch_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

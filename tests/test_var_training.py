@@ -33,13 +33,6 @@ def make_tokenizer(seed=0, **overrides):
     return nextscale.VQVAE(nextscale.VQVAEConfig(**{**TOKENIZER, **overrides})).eval()
 
 
-@pytest.fixture(autouse=True)
-def restore_torch_threads():
-    """Training sets torch's thread count (threads=1 here); give the other tests theirs back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):

@@ -397,6 +397,20 @@ def _cached_hub_file(repo: str, filename: str) -> Path | None:
     return Path(found) if isinstance(found, (str, os.PathLike)) and Path(found).is_file() else None
 
 
+DOWNLOAD_FAILED = "the download failed"
+
+
+def _download_if_reachable(download) -> tuple[Path | None, str]:
+    """(the path `download()` returns, "") when the Hub answers the quick check, else (None, why not)."""
+    reason = _hub_unreachable()
+    if reason is not None:
+        return None, reason
+    try:
+        return Path(download()), ""
+    except Exception as e:  # no such repo or file, a dropped connection ...
+        return None, f"{DOWNLOAD_FAILED} ({_first_line(e)})"
+
+
 def _fetch_preset(name: str, kind: str) -> Path:
     filename = HUB_FILES[name]
     loader = "load_vae" if kind == "vqvae" else "load_var"
@@ -412,12 +426,9 @@ def _fetch_preset(name: str, kind: str) -> Path:
     except ImportError:
         raise CheckpointError(f"the preset {name!r} is downloaded with huggingface_hub, which is not installed: "
                               f"pip install huggingface_hub, or {how}") from None
-    reason = _hub_unreachable()
-    if reason is None:
-        try:
-            return Path(hf_hub_download(HUB_REPO, filename))
-        except Exception as e:
-            reason = f"the download failed ({_first_line(e)})"
+    path, reason = _download_if_reachable(lambda: hf_hub_download(HUB_REPO, filename))
+    if path is not None:
+        return path
     raise CheckpointError(f"the preset {name!r} needs {filename}, which is not in the Hugging Face cache, and {reason}: "
                           f"{how}")
 
@@ -432,13 +443,10 @@ def _fetch_repo(name: str) -> Path:
     except ImportError:
         raise CheckpointError(f"{name!r} is not a local path, and fetching it as a Hugging Face Hub repo needs "
                               f"huggingface_hub (pip install huggingface_hub); or {how}") from None
-    reason = _hub_unreachable()
-    if reason is None:
-        try:
-            return Path(snapshot_download(name))
-        except Exception as e:
-            reason = f"the download failed ({_first_line(e)})"
-    else:
+    path, reason = _download_if_reachable(lambda: snapshot_download(name))
+    if path is not None:
+        return path
+    if not reason.startswith(DOWNLOAD_FAILED):
         try:  # a repo without config.json may still be cached
             return Path(snapshot_download(name, local_files_only=True))
         except Exception:
