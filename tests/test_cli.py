@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -148,3 +149,33 @@ def test_edit_offers_no_batch_size_it_would_ignore(capsys):
     with pytest.raises(SystemExit):
         main(["sample", "--help"])
     assert "--batch-size" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [
+    ["train-classifier", "--data", "{folder}", "--out", "{file}"],
+    ["train", "{root}/configs/var_fashion_mnist.yaml", "out_dir={file}", "tokenizer=fashion-mnist", "token_cache=null",
+     "data.max_images=64", "steps=1"],
+    ["train-tokenizer", "{root}/configs/tokenizer_fashion_mnist.yaml", "out_dir={file}", "data.max_images=64",
+     "steps=1"],
+])
+def test_an_output_folder_that_is_a_file_is_one_line(argv, tmp_path, capsys):
+    from nextscale.data.fashion_mnist import load_fashion_mnist
+    """A file where an output folder goes: exit 2 with one line (it was a FileExistsError traceback, and for
+    train-classifier only after all the training)."""
+    from nextscale.cli import main
+    blocker = tmp_path / "a_file"
+    blocker.write_text("keep me")
+    folder = tmp_path / "images"
+    for c in ("a", "b"):
+        (folder / c).mkdir(parents=True)
+    if argv[0] != "train-classifier":
+        try:
+            load_fashion_mnist("test")
+        except (FileNotFoundError, ValueError) as e:
+            pytest.skip(f"Fashion-MNIST not installed: {e}")
+    root = Path(__file__).resolve().parents[1]
+    argv = [a.format(file=blocker, folder=folder, root=root) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "Traceback" not in err and str(blocker) in err, err
+    assert blocker.read_text() == "keep me"

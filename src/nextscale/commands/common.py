@@ -13,10 +13,11 @@ class UserError(Exception):
 
 
 def error_types() -> tuple[type[BaseException], ...]:
-    """Exceptions whose message is meant for the user (bad arguments, files, checkpoints)."""
+    """Exceptions whose message is meant for the user (bad arguments, files, checkpoints; OSError: a path that is a
+    file where a folder goes, no permission, a full disk)."""
     from nextscale.checkpoints import CheckpointError
     from nextscale.images import ImageReadError
-    return (CheckpointError, ImageReadError, ValueError, FileNotFoundError)
+    return (CheckpointError, ImageReadError, ValueError, OSError)
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:

@@ -120,6 +120,9 @@ def _check(args) -> None:
                              "--data FOLDER for your own images")
     elif not 0 < args.holdout < 1:
         raise ValueError(f"--holdout must be in (0, 1), got {args.holdout}")
+    out = Path(args.out or "fashion_mnist_classifier")
+    if out.exists() and not out.is_dir():  # found now, not after the training
+        raise ValueError(f"--out {out} is a file, not a folder: choose another --out")
     stages = len(args.widths)
     if not args.widths or args.resolution < 2 ** stages or args.resolution % 2 ** stages:
         raise ValueError(f"--resolution {args.resolution} must be divisible by 2^{stages} = {2 ** stages} (one halving "
