@@ -30,11 +30,16 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs" / "tokenizer_fashion_mnist.yaml"
-ROWS = {
-    "L2": ["loss.perceptual_weight=0", "loss.gan_weight=0"],
-    "L2 + perceptual": ["loss.perceptual_weight=0.1", "loss.gan_weight=0"],
-    "L2 + perceptual + GAN": ["loss.perceptual_weight=0.1", "loss.gan_weight=0.1"],
-}
+SHIPPED_TOKENIZER = ROOT / "src" / "nextscale" / "assets" / "fashion_mnist_var" / "tokenizer"
+START_ROW = "start (--init, not trained here)"
+
+
+def make_rows(perceptual_weight: float, gan_weight: float) -> dict[str, list[str]]:
+    return {
+        "L2": ["loss.perceptual_weight=0", "loss.gan_weight=0"],
+        "L2 + perceptual": [f"loss.perceptual_weight={perceptual_weight}", "loss.gan_weight=0"],
+        "L2 + perceptual + GAN": [f"loss.perceptual_weight={perceptual_weight}", f"loss.gan_weight={gan_weight}"],
+    }
 
 
 def slug(name: str) -> str:
@@ -60,10 +65,13 @@ def steps_per_second(run: Path, global_batch: int) -> float:
     return speeds[-1] / global_batch
 
 
-def train_rows(out: Path, minutes: float, global_batch: int) -> dict[str, dict]:
+def train_rows(out: Path, rows: dict[str, list[str]], minutes: float, global_batch: int,
+               init: str | None) -> dict[str, dict]:
     plans = {}
     probes = {}
-    for name, overrides in ROWS.items():
+    if init:
+        rows = {name: overrides + [f"init_from={init}"] for name, overrides in rows.items()}
+    for name, overrides in rows.items():
         run = out / slug(name)
         run.mkdir(parents=True, exist_ok=True)
         plan_file = run / "plan.json"
@@ -81,15 +89,17 @@ def train_rows(out: Path, minutes: float, global_batch: int) -> dict[str, dict]:
         (out / slug(name) / "plan.json").write_text(json.dumps(plan, indent=2))
         plans[name] = plan
     procs = {}
-    for name, overrides in ROWS.items():
+    for name, overrides in rows.items():
         run, steps = out / slug(name), plans[name]["steps"]
         if (run / "summary.json").is_file():
             continue
         extra = [f"steps={steps}", f"global_batch={global_batch}", f"time_limit_minutes={minutes * 1.1:.2f}",
                  f"codebook.restart_until={int(steps * 0.85)}", f"eval_every={max(steps // 4, 1)}",
                  f"checkpoint_every={max(steps // 4, 1)}", "optim.warmup_steps=50"]
-        if "loss.gan_weight=0.1" in overrides:
-            extra.append(f"loss.gan_start_step={int(steps * 0.4)}")
+        if any(o.startswith("loss.gan_weight=") and o != "loss.gan_weight=0" for o in overrides):
+            # From scratch the GAN waits for 40% of the steps (VQGAN's delayed start); from --init the
+            # tokenizer already reconstructs, so the discriminator starts at once (and the probe measured it on).
+            extra.append(f"loss.gan_start_step={0 if init else int(steps * 0.4)}")
         plans[name]["overrides"] = overrides + extra
         procs[name] = (launch(overrides + extra, run / "train", run / "train.log"), time.time())
     for name, (proc, start) in procs.items():
@@ -101,7 +111,7 @@ def train_rows(out: Path, minutes: float, global_batch: int) -> dict[str, dict]:
         record = dict(plans[name], wall_minutes=(time.time() - start) / 60,
                       trained_steps=max(r["step"] for r in logged))
         (out / slug(name) / "summary.json").write_text(json.dumps(record, indent=2))
-    return {name: json.loads((out / slug(name) / "summary.json").read_text()) for name in ROWS}
+    return {name: json.loads((out / slug(name) / "summary.json").read_text()) for name in rows}
 
 
 @torch.no_grad()
@@ -115,7 +125,7 @@ def reconstruct(vae, images_uint8_NHW: np.ndarray, batch_size: int = 250) -> np.
     return np.concatenate(out)
 
 
-def evaluate_rows(out: Path, trained: dict, num_images: int, test_images: int, seed: int) -> dict:
+def evaluate_rows(out: Path, trained: dict, num_images: int, test_images: int, seed: int, init: str | None) -> dict:
     import nextscale
     from nextscale.data.datasets import DataConfig, build_dataset
     from nextscale.data.fashion_mnist import CLASS_NAMES, load_fashion_mnist
@@ -133,8 +143,10 @@ def evaluate_rows(out: Path, trained: dict, num_images: int, test_images: int, s
     results = {"real images": {"classifier": fashion_mnist_metrics(real, classifier, "cpu", seed=seed)}}
     test_set = build_dataset(DataConfig(kind="fashion_mnist", resolution=32, channels=3), train=False)
     grids, labels = [], []
-    for name, summary in trained.items():
-        vae = nextscale.load_vae(out / slug(name) / "train")
+    models = {START_ROW: (init, None)} if init else {}
+    models.update({name: (out / slug(name) / "train", summary) for name, summary in trained.items()})
+    for name, (path, summary) in models.items():
+        vae = nextscale.load_vae(path)
         recon = evaluate_tokenizer(vae, test_set, batch_size=250, max_images=test_images, grid_images=8)
         if not grids:
             grids.append(recon["grid"][:8])
@@ -156,7 +168,12 @@ def table(results: dict) -> str:
     for name, r in results.items():
         c = r["classifier"]
         kid = f"{c['kid']:.3f}" if "kid" in c else ""
-        if name == "real images":
+        if name == "real images" or "train" not in r:
+            if name != "real images":
+                usage = ", ".join(f"{u:.0%}" for u in r["usage_per_scale"])
+                lines.append(f"| {name} | | | {r['psnr']:.2f} | {r['ssim']:.3f} | {c['class_accuracy']:.3f} | "
+                             f"{c['frechet_distance']:.2f} | {kid} | {usage} |")
+                continue
             lines.append(f"| {name} (floor) | | | | | {c['class_accuracy']:.3f} | {c['frechet_distance']:.2f} | "
                          f"{kid} | |")
             continue
@@ -178,15 +195,29 @@ def main() -> None:
     p.add_argument("--test-images", type=int, default=2000,
                    help="test images for PSNR, SSIM and codebook use (default 2000; 10000: the whole split, ~3 min "
                         "a row on 2 cores)")
+    p.add_argument("--init", default=None,
+                   help="a tokenizer every row starts from (a folder; 'shipped': the shipped Fashion-MNIST tokenizer).\n"
+                        "Without it every row trains from scratch. With it the rows compare what the extra budget buys\n"
+                        "with each loss, the GAN on from the first step, and the start is scored as a row of its own")
+    p.add_argument("--perceptual-weight", type=float, default=0.1,
+                   help="weight of the perceptual term in its rows (default 0.1; VQGAN and LlamaGen use 1.0)")
+    p.add_argument("--gan-weight", type=float, default=0.1,
+                   help="weight of the GAN term, times VQGAN's adaptive weight (default 0.1; LlamaGen uses 0.5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the scored images and the floor draws (default 0)")
     args = p.parse_args()
     if args.minutes <= 0 or args.num_images < 2 or args.global_batch < 1 or args.test_images < 1:
         p.error("--minutes must be > 0, --num-images >= 2, --global-batch and --test-images >= 1")
+    if not (args.perceptual_weight > 0 and args.gan_weight > 0):
+        p.error("--perceptual-weight and --gan-weight must be > 0 (the L2 row is the one without them)")
+    init = str(SHIPPED_TOKENIZER) if args.init == "shipped" else args.init
+    if init and not Path(init).is_dir():
+        p.error(f"--init {args.init}: no such tokenizer folder")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    trained = train_rows(out, args.minutes, args.global_batch)
+    rows = make_rows(args.perceptual_weight, args.gan_weight)
+    trained = train_rows(out, rows, args.minutes, args.global_batch, init)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    results = evaluate_rows(out, trained, args.num_images, args.test_images, args.seed)
+    results = evaluate_rows(out, trained, args.num_images, args.test_images, args.seed, init)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
     text = table(results)
     (out / "table.md").write_text(text + "\n")

@@ -276,6 +276,20 @@ def test_resume_continues_exactly(tmp_path):
     assert loss(tmp_path / "a" / "run") == loss(tmp_path / "b" / "run")
 
 
+def test_stop_at_step_pauses_inside_the_schedule_and_resumes_to_the_same_weights(tmp_path):
+    straight = train_tokenizer(tiny_config(tmp_path / "a", "steps=4"))
+    paused = train_tokenizer(tiny_config(tmp_path / "b", "steps=4", "stop_at_step=3"))
+    run = tmp_path / "b" / "run"
+    assert paused["step"] == 3 and (run / "checkpoints" / "step_00000003.pt").is_file()
+    exported = nextscale.VQVAE.from_pretrained(run / "model")
+    assert all(torch.equal(a, b) for a, b in zip(exported.state_dict().values(), paused["vae"].state_dict().values()))
+    assert train_tokenizer(tiny_config(tmp_path / "b", "steps=4", "stop_at_step=3"))["step"] == 3  # nothing to do
+    resumed = train_tokenizer(tiny_config(tmp_path / "b", "steps=4"))
+    assert resumed["step"] == 4
+    for (name, a), b in zip(straight["vae"].state_dict().items(), resumed["vae"].state_dict().values()):
+        assert torch.equal(a, b), name
+
+
 def test_bad_configs_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="does not match the tokenizer's resolution"):
         train_tokenizer(tiny_config(tmp_path, "data.resolution=16"))

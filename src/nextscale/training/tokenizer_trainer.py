@@ -142,6 +142,9 @@ class TokenizerTrainConfig:
     checkpoint_every: int = 1000  # also writes model/ (the inference format)
     keep_checkpoints: int = 2
     time_limit_minutes: float = 0.0  # stop (with a checkpoint and export) after this long; 0: no limit
+    # Stop (with a checkpoint and export) at this step, the learning-rate schedule still that of `steps`;
+    # rerunning with a larger stop_at_step (or 0: none) resumes. For a tokenizer taken from the middle of a run.
+    stop_at_step: int = 0
     resume: str | bool = "auto"  # auto: continue from the newest checkpoint in out_dir; never; or a checkpoint path
 
     def __post_init__(self):
@@ -258,7 +261,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> dict:
     when held-out images exist), and the trained modules `vae` and `discriminator` (None without the GAN)."""
     check_counts(cfg, positive=("steps", "global_batch", "log_every", "keep_checkpoints"),
                  non_negative=("eval_every", "eval_images", "checkpoint_every", "threads", "time_limit_minutes",
-                               "codebook.restart_every"))
+                               "codebook.restart_every", "stop_at_step"))
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     info = dist_utils.init_distributed(cfg.device)
@@ -402,8 +405,9 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> dict:
     # Per-step values stay on the device (float64 sums) and are read once per log interval: reading
     # them every step would make a GPU wait for every step to finish.
     sums: dict[str, torch.Tensor | int] = {}
+    last_step = min(cfg.steps, cfg.stop_at_step) if cfg.stop_at_step else cfg.steps
     with dist_utils.StopRequested() as stop:
-        while step < cfg.steps:
+        while step < last_step:
             epoch_now, batch_idx, (img, _labels) = next(batches)
             img = img.to(device, non_blocking=True)
             lr = lr_at(step, cfg.optim, cfg.steps)
@@ -511,12 +515,13 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> dict:
             elapsed_min = (elapsed_before + time.time() - start_time) / 60
             out_of_time = cfg.time_limit_minutes > 0 and elapsed_min >= cfg.time_limit_minutes
             out_of_time, stop_now = dist_utils.broadcast_object((out_of_time, bool(stop.signum)))
+            stop_here = step == cfg.stop_at_step
             checkpoint_due = bool(cfg.checkpoint_every) and step % cfg.checkpoint_every == 0
-            if checkpoint_due or step == cfg.steps or out_of_time or stop_now:
+            if checkpoint_due or step == cfg.steps or out_of_time or stop_now or stop_here:
                 save(step)
-            if out_of_time or stop_now:
-                dist_utils.print_main(f"stopping at step {step}: "
-                                      + ("time limit reached" if out_of_time else "signal received"))
+            if out_of_time or stop_now or stop_here:
+                why = "time limit reached" if out_of_time else "signal received" if stop_now else "stop_at_step"
+                dist_utils.print_main(f"stopping at step {step} of {cfg.steps}: {why}")
                 break
     bar.close()
     summary = {"step": step, "minutes": (elapsed_before + time.time() - start_time) / 60,
