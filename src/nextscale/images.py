@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -13,20 +15,53 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 
+# Every image reader (the command line, the web app, the Python API) refuses images with more pixels than this
+# before decoding them: a 80 kB PNG can claim 9000x9000 pixels and cost 2.5 GB once decoded.
+DEFAULT_MAX_PIXELS = 16_000_000
+
+
 class ImageReadError(ValueError):
     """An image file is missing or cannot be decoded."""
 
 
-def read_image(path: str | os.PathLike) -> Image.Image:
-    path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(f"image not found: {path}")
+class ImageTooLargeError(ImageReadError):
+    """An image claims more pixels than the reader's cap (refused from its header, before decoding)."""
+
+
+def open_image(source: str | os.PathLike | bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               formats: Sequence[str] | None = None) -> Image.Image:
+    """A path or the bytes of an image file -> a loaded PIL image. The size in the header is checked against
+    `max_pixels` (None: no cap) before any pixel is decoded; ImageReadError (or ImageTooLargeError) otherwise."""
+    name = "the image" if isinstance(source, (bytes, bytearray)) else str(source)
+    if not isinstance(source, (bytes, bytearray)) and not Path(source).is_file():
+        raise ImageReadError(f"image not found: {source}")
+    fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+    limit = f"{max_pixels / 1e6:g} megapixels" if max_pixels else ""
     try:
-        with Image.open(path) as im:
-            im.load()
-            return im.copy()
-    except (UnidentifiedImageError, OSError) as e:
-        raise ImageReadError(f"cannot read image {path}: {e}") from e
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own cap decides
+            with Image.open(fp, formats=formats) as im:  # reads the header only
+                width, height = im.size
+                if max_pixels and width * height > max_pixels:
+                    raise ImageTooLargeError(f"{name} is {width}x{height} = {width * height / 1e6:.1f} megapixels; "
+                                             f"the limit is {limit}: make it smaller first")
+                im.load()
+                return im.copy()
+    except Image.DecompressionBombError:  # Pillow's own cap, at 2x Image.MAX_IMAGE_PIXELS, hit in open()
+        raise ImageTooLargeError(f"{name} claims more than {2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f} megapixels"
+                                 + (f"; the limit is {limit}" if limit else "") + ": make it smaller first") from None
+    except ImageReadError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageReadError(f"{name} is not an image that can be read here"
+                             + (f" (accepted: {', '.join(formats)})" if formats else "")) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageReadError(f"cannot read {name}: it is damaged or truncated ({e})") from None
+
+
+def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """An image file -> a loaded PIL image (see open_image for the pixel cap)."""
+    return open_image(path, max_pixels)
 
 
 def pil_to_tensor(im: Image.Image, channels: int = 3) -> torch.Tensor:
