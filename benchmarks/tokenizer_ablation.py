@@ -5,7 +5,7 @@
 Rows (overrides of configs/tokenizer_fashion_mnist.yaml): L2 only; L2 + perceptual (LPIPS with the installed VGG16
 and heads); L2 + perceptual + GAN (PatchGAN, hinge, VQGAN's adaptive weight, starting at 40% of the steps). All
 rows train at the same time, one thread each, so they share the machine alike. Each row's step count is set from
-its own speed, measured by a 20-step probe run beside the others, so that its learning-rate schedule ends at the
+its own speed, measured by a 90-second probe run beside the others, so that its learning-rate schedule ends at the
 budget (the trainer's time limit stops it at 1.1x the budget if the machine slows down).
 
 Then, for every row: PSNR and SSIM on --test-images test images, codebook use per scale, and the reconstructions of
@@ -31,6 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs" / "tokenizer_fashion_mnist.yaml"
 SHIPPED_TOKENIZER = ROOT / "src" / "nextscale" / "assets" / "fashion_mnist_var" / "tokenizer"
+PROBE_MINUTES = 1.5
 START_ROW = "start (--init, not trained here)"
 
 
@@ -61,8 +62,8 @@ def wait_all(procs: dict[str, subprocess.Popen]) -> None:
 
 def steps_per_second(run: Path, global_batch: int) -> float:
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    speeds = [r["images_per_s"] for r in records if "images_per_s" in r]
-    return speeds[-1] / global_batch
+    speeds = [r["images_per_s"] for r in records if "images_per_s" in r][1:]  # the first includes start-up
+    return float(np.median(speeds)) / global_batch
 
 
 def train_rows(out: Path, rows: dict[str, list[str]], minutes: float, global_batch: int,
@@ -78,8 +79,10 @@ def train_rows(out: Path, rows: dict[str, list[str]], minutes: float, global_bat
         if plan_file.is_file():
             plans[name] = json.loads(plan_file.read_text())
             continue
-        probes[name] = launch(overrides + ["steps=20", "log_every=10", "eval_every=0", "checkpoint_every=0",
-                                           "time_limit_minutes=0", f"global_batch={global_batch}"],
+        # Every probe runs for the same wall time, all at once, so each is measured while all rows share the
+        # machine (probes of a fixed step count end at different times, and the last ones then run alone).
+        probes[name] = launch(overrides + ["steps=100000", "log_every=5", "eval_every=0", "checkpoint_every=0",
+                                           f"time_limit_minutes={PROBE_MINUTES}", f"global_batch={global_batch}"],
                               out / f"probe_{slug(name)}", run / "probe.log")
     wait_all(probes)
     for name in probes:
