@@ -256,7 +256,7 @@ def test_help_of_the_training_commands_documents_the_image_folder_convention(cap
     (["train", "eval_every=-1"], "eval_every must be 0 (off) or more, got -1"),
     (["train-tokenizer", "steps=0"], "steps must be at least 1, got 0"),
     (["train-tokenizer", "global_batch=0"], "global_batch must be at least 1, got 0"),
-    (["train-tokenizer", "checkpoint_every=-2"], "checkpoint_every must be 0 (off) or more, got -2"),
+    (["train-tokenizer", "checkpoint_every=-2"], "checkpoint_every must be 0 (only at the end) or more, got -2"),
 ])
 def test_counts_out_of_range_are_refused_before_any_work(argv, message, tmp_path, capsys):
     """steps=-5 used to "train" 0 steps and export; log_every=0 crashed with ZeroDivisionError mid-run."""

@@ -36,7 +36,8 @@ from nextscale.data.datasets import DataConfig, build_dataset
 from nextscale.tokenizer.vqvae import VQVAE, VQVAEConfig
 from nextscale.training import distributed as dist_utils
 from nextscale.training.checkpointing import CheckpointManager, load_checkpoint, restore_rng_state
-from nextscale.training.config import ConfigError, check_counts, save_config
+from nextscale.training.config import (AT_LEAST_1, BELOW_ONE, FRACTION, NON_NEGATIVE, POSITIVE, SEED, ConfigError,
+                                       Range, check_ranges, off_at_zero, save_config)
 from nextscale.training.discriminator import PatchDiscriminator
 from nextscale.training.losses import (adaptive_gan_weight, hinge_discriminator_loss, hinge_generator_loss, psnr,
                                        reconstruction_loss)
@@ -68,6 +69,10 @@ def normalize_resume(value) -> str:
 # ---------------------------------------------------------------------------- config
 @dataclass
 class LossConfig:
+    RANGES = {"reconstruction_weight": NON_NEGATIVE, "codebook_weight": NON_NEGATIVE,
+              "perceptual_weight": off_at_zero(), "gan_weight": off_at_zero(), "gan_start_step": NON_NEGATIVE,
+              "max_adaptive_weight": POSITIVE, "disc_channels": AT_LEAST_1, "disc_layers": AT_LEAST_1}
+
     reconstruction: str = "l2"  # "l2" or "l1"
     reconstruction_weight: float = 1.0
     codebook_weight: float = 1.0  # weight of (codebook + beta * commitment); beta is model.beta
@@ -96,8 +101,11 @@ class LossConfig:
 
 @dataclass
 class CodebookConfig:
+    RANGES = {"restart_every": off_at_zero("no restarts"), "restart_until": off_at_zero("until the end"),
+              "usage_threshold": NON_NEGATIVE}
+
     restart_dead_codes: bool = True
-    restart_every: int = 200  # steps: a code no scale used during this window is re-initialized
+    restart_every: int = 200  # steps: a code no scale used during this window is re-initialized (0: no restarts)
     restart_until: int = 0  # no restarts from this step on (0: until the end)
     usage_threshold: float = 0.01  # a code counts as "used" at a scale when its EMA hit count exceeds this
 
@@ -109,10 +117,15 @@ class CodebookConfig:
 
 @dataclass
 class OptimConfig:
+    RANGES = {"lr": POSITIVE, "betas": Range(low=0, high=1, high_open=True, items=2), "weight_decay": NON_NEGATIVE,
+              "warmup_steps": off_at_zero("no warmup"), "min_lr_ratio": FRACTION,
+              "grad_clip": off_at_zero("no clipping"),
+              "disc_lr": off_at_zero("same as lr"), "disc_betas": Range(low=0, high=1, high_open=True, items=2)}
+
     lr: float = 2e-4
     betas: tuple[float, ...] = (0.9, 0.95)
     weight_decay: float = 0.0
-    warmup_steps: int = 200
+    warmup_steps: int = 200  # 0: no warmup
     min_lr_ratio: float = 0.1  # cosine decay to lr * min_lr_ratio at the last step
     grad_clip: float = 0.0  # 0: no clipping
     disc_lr: float = 0.0  # 0: same as lr
@@ -122,10 +135,14 @@ class OptimConfig:
 @dataclass
 class TokenizerTrainConfig:
     RENAMED = {"batch_size": "global_batch"}
+    RANGES = {"seed": SEED, "steps": AT_LEAST_1, "global_batch": AT_LEAST_1, "threads": off_at_zero("torch's default"),
+              "log_every": AT_LEAST_1, "eval_every": off_at_zero(), "eval_images": off_at_zero(),
+              "checkpoint_every": off_at_zero("only at the end"), "keep_checkpoints": AT_LEAST_1,
+              "time_limit_minutes": off_at_zero("no limit"), "stop_at_step": off_at_zero("none")}
 
     out_dir: str = "runs/tokenizer"
     seed: int = 0
-    steps: int = 10000
+    steps: int = 10000  # >= 1
     global_batch: int = 64  # images per step, over all torchrun processes (split evenly)
     model: VQVAEConfig = field(default_factory=VQVAEConfig)
     init_from: str | None = None  # a tokenizer to start from (folder, .pth, preset name)
@@ -136,11 +153,12 @@ class TokenizerTrainConfig:
     device: str | None = None  # "cpu", "cuda" or None (automatic)
     precision: str = "float32"  # float32, bfloat16 or float16 (autocast; float16 needs a GPU); fp32/bf16/fp16 too
     threads: int = 0  # torch CPU threads per process (0: torch's default)
-    log_every: int = 25
+    log_every: int = 25  # >= 1 (the last step is always logged)
     eval_every: int = 500  # held-out PSNR on `eval_images` images every this many steps and at the end (0: never)
-    eval_images: int = 512
-    checkpoint_every: int = 1000  # also writes model/ (the inference format)
-    keep_checkpoints: int = 2
+    eval_images: int = 512  # 0: no held-out PSNR
+    # Also writes model/ (the inference format). 0: only at the end (and at a stop: time limit, signal, stop_at_step).
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 2  # >= 1
     time_limit_minutes: float = 0.0  # stop (with a checkpoint and export) after this long; 0: no limit
     # Stop (with a checkpoint and export) at this step, the learning-rate schedule still that of `steps`;
     # rerunning with a larger stop_at_step (or 0: none) resumes. For a tokenizer taken from the middle of a run.
@@ -259,9 +277,7 @@ def _infinite_batches(loader: DataLoader, sampler: _ResumableSampler, batch_size
 def train_tokenizer(cfg: TokenizerTrainConfig) -> dict:
     """Train (or resume) as configured; returns a summary: step, minutes, usage_per_scale, eval_psnr (rank 0,
     when held-out images exist), and the trained modules `vae` and `discriminator` (None without the GAN)."""
-    check_counts(cfg, positive=("steps", "global_batch", "log_every", "keep_checkpoints"),
-                 non_negative=("eval_every", "eval_images", "checkpoint_every", "threads", "time_limit_minutes",
-                               "codebook.restart_every", "stop_at_step"))
+    check_ranges(cfg)  # every value (model, data, loss, ... sections too) in its range before any work
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     info = dist_utils.init_distributed(cfg.device)
