@@ -7,16 +7,21 @@ Usage:
                       "rng": capture_rng_state({"data": data_generator})}, config=cfg)
     # -> runs/x/checkpoints/step_00001000.pt and step_00001000.yaml (the resolved config)
 
-    path = ckpts.latest()                       # None when there is none yet
-    if path is not None:
-        state = load_checkpoint(path)
+    ckpts.remove_stale_temp_files()             # at start: the leftovers of writes a kill interrupted
+    found = ckpts.load_latest()                 # (path, state) of the newest checkpoint that loads, or None
+    if found is not None:
+        path, state = found
         model.load_state_dict(state["model"]); ...
         restore_rng_state(state["rng"], {"data": data_generator})
 
 Writes go to a temporary file in the same folder, are fsync'ed, then renamed over the target
 (`os.replace` is atomic on POSIX), so a crash mid-write never leaves a truncated checkpoint
-and never replaces the previous good one. Checkpoints hold only tensors and plain Python
-values, so they load with `torch.load(weights_only=True)`.
+and never replaces the previous good one; it leaves the temp file (`.step_N.pt.XXXX.tmp`, as large
+as a checkpoint), which `remove_stale_temp_files` deletes when the next run starts. A checkpoint
+damaged anyway (a disk error, a partial copy) is skipped by `load_latest` with a warning: it is
+renamed to `step_N.pt.damaged` (kept, never deleted) and the previous checkpoint is loaded.
+Checkpoints hold only tensors and plain Python values, so they load with
+`torch.load(weights_only=True)`.
 """
 
 from __future__ import annotations
@@ -25,12 +30,19 @@ import os
 import random
 import re
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 CHECKPOINT_RE = re.compile(r"^step_(\d+)\.pt$")
+# The temp files atomic_write makes for a checkpoint and its config (mkstemp: ".{name}.{random}.tmp").
+CHECKPOINT_TEMP_RE = re.compile(r"^\.step_\d+\.(pt|yaml)\.[^/]+\.tmp$")
+
+
+class DamagedCheckpointWarning(UserWarning):
+    """A checkpoint did not load (truncated, corrupted); it was set aside and an older one is used."""
 
 
 # ---------------------------------------------------------------------------- atomic files
@@ -150,6 +162,49 @@ class CheckpointManager:
     def latest(self) -> Path | None:
         found = self.all()
         return found[-1][1] if found else None
+
+    def load_latest(self, map_location="cpu", set_aside: bool = True) -> tuple[Path, dict] | None:
+        """(path, state) of the newest checkpoint that loads; None when none does (or there is none).
+
+        A newer one that does not load is reported in one line (DamagedCheckpointWarning) and, with `set_aside`,
+        renamed to `step_N.pt.damaged` (its .yaml too): kept for inspection, out of the way of the next resume
+        and of keep-last pruning. Only one process of a distributed run should set files aside."""
+        for _, path in reversed(self.all()):
+            try:
+                return path, load_checkpoint(path, map_location=map_location)
+            except (ValueError, FileNotFoundError) as e:  # FileNotFoundError: another process set it aside
+                kept = self.set_aside(path) if set_aside and path.exists() else None
+                reason = " ".join(str(e).split())  # one line
+                warnings.warn(f"skipping the damaged checkpoint {path}" + (f" (kept as {kept.name})" if kept else "")
+                              + f", resuming from an older one if any: {reason}", DamagedCheckpointWarning,
+                              stacklevel=2)
+        return None
+
+    def set_aside(self, path: Path) -> Path:
+        """Rename a damaged checkpoint (and its .yaml) to NAME.damaged (NAME.damaged.1, ... when taken)."""
+        target = path.with_name(path.name + ".damaged")
+        n = 0
+        while target.exists():
+            n += 1
+            target = path.with_name(f"{path.name}.damaged.{n}")
+        os.replace(path, target)
+        config = path.with_suffix(".yaml")
+        if config.exists():
+            os.replace(config, target.with_name(target.name.replace(path.name, config.name, 1)))
+        return target
+
+    def remove_stale_temp_files(self) -> list[Path]:
+        """Delete the temp files of checkpoint writes that never finished (a kill mid-write left them; each is as
+        large as a checkpoint and nothing reads it). Only ours: `.step_N.pt.*.tmp` / `.step_N.yaml.*.tmp` in this
+        folder. Call it when a run starts, before it writes: a checkpoint folder belongs to one run at a time."""
+        if not self.folder.is_dir():
+            return []
+        removed = []
+        for p in self.folder.iterdir():
+            if CHECKPOINT_TEMP_RE.match(p.name) and p.is_file():
+                p.unlink(missing_ok=True)
+                removed.append(p)
+        return sorted(removed)
 
     def save(self, step: int, state: dict, config=None) -> Path:
         """Write checkpoint `step` (and its config as YAML beside it), then delete the oldest beyond keep_last."""

@@ -2,6 +2,7 @@
 
 Usage:
 
+    drop_records_after("runs/x/metrics.jsonl", resumed_step)       # on resume (rank 0), before the logger opens
     metrics = MetricsLogger("runs/x", enabled=is_main_process())   # writes runs/x/metrics.jsonl
     bar = progress_bar(total=cfg.steps, initial=start_step, desc="train", enabled=is_main_process())
     for step in ...:
@@ -69,6 +70,40 @@ class MetricsLogger:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def drop_records_after(path: str | os.PathLike, step: int) -> int:
+    """Rewrite a metrics JSONL file without the records of steps after `step` (and without torn lines); returns
+    how many lines were dropped. A file with nothing to drop or mend is not rewritten.
+
+    A run killed after its last checkpoint logged steps that the resumed run computes and logs again; called
+    with the step it resumes from (0 for a fresh start), it keeps one line per step (and kind of record) however
+    often the run is killed. Also a torn last line (a kill mid-write) goes, instead of gluing itself to the next
+    record. The rewrite is atomic (temp file, then rename): a kill during it leaves the old file."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    kept, dropped, changed = [], 0, False
+    with open(path, "rb") as f:
+        for raw in f:
+            line = raw.strip()
+            if not line:
+                changed = True
+                continue
+            try:
+                record = json.loads(line)
+                after = int(record["step"]) > step if isinstance(record, dict) and "step" in record else False
+            except (ValueError, TypeError):  # a torn line (cut by a kill), or garbage
+                after = True
+            if after:
+                dropped += 1
+            else:
+                kept.append(line + b"\n")
+                changed = changed or raw != line + b"\n"
+    if dropped or changed:
+        from nextscale.training.checkpointing import atomic_write_bytes
+        atomic_write_bytes(path, b"".join(kept))
+    return dropped
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

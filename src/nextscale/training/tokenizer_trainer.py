@@ -41,7 +41,7 @@ from nextscale.training.config import (AT_LEAST_1, BELOW_ONE, FRACTION, NON_NEGA
 from nextscale.training.discriminator import PatchDiscriminator
 from nextscale.training.losses import (adaptive_gan_weight, hinge_discriminator_loss, hinge_generator_loss, psnr,
                                        reconstruction_loss)
-from nextscale.training.metrics import MetricsLogger, plot_curves, progress_bar
+from nextscale.training.metrics import MetricsLogger, drop_records_after, plot_curves, progress_bar
 
 PRECISION_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 PRECISIONS = ("float32", "bfloat16", "float16")
@@ -362,21 +362,29 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> dict:
 
     # Resume.
     ckpts = CheckpointManager(out_dir / "checkpoints", keep_last=cfg.keep_checkpoints)
+    if main:  # what a kill during a checkpoint write left behind
+        ckpts.remove_stale_temp_files()
     step, epoch, batch_in_epoch, elapsed_before = 0, 0, 0, 0.0
     resume = normalize_resume(cfg.resume)
+    state = None
     if resume == "never":
         latest = None
         if ckpts.latest() is not None:
             raise ConfigError(f"{ckpts.folder} already holds checkpoints and resume=never: choose another out_dir, "
                               f"delete them, or resume=auto to continue")
     elif resume == "auto":
-        latest = ckpts.latest()
+        # Rank 0 picks the newest checkpoint that loads (a damaged one is set aside with a warning); the other
+        # ranks load the same file.
+        found = ckpts.load_latest(map_location=device) if main else None
+        latest = dist_utils.broadcast_object(found[0] if found else None)
+        state = found[1] if found else None
     else:
         latest = Path(resume)
         if not latest.is_file():
             raise ConfigError(f"resume={resume}: no such checkpoint file (use auto, never or a checkpoint_*.pt path)")
     if latest is not None:
-        state = load_checkpoint(latest, map_location=device)
+        if state is None:  # a damaged checkpoint named by resume=PATH stays an error
+            state = load_checkpoint(latest, map_location=device)
         vae.load_state_dict(state["vae"])
         vae.quantize.ema_initialized = True
         opt_g.load_state_dict(state["opt_g"])
@@ -396,6 +404,11 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> dict:
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
+        # The steps after the checkpoint are trained (and logged) again: keep one line per step.
+        dropped = drop_records_after(out_dir / "metrics.jsonl", step)
+        if dropped:
+            dist_utils.print_main(f"metrics.jsonl: dropped {dropped} line(s) after step {step}, which this run "
+                                  f"trains again")
     metrics = MetricsLogger(out_dir, enabled=main)
 
     def save(step_now: int) -> None:

@@ -46,7 +46,7 @@ from nextscale.training.checkpointing import CheckpointManager, load_checkpoint,
 from nextscale.training.config import (AT_LEAST_1, BELOW_ONE, FRACTION, NON_NEGATIVE, POSITIVE, SEED, ConfigError,
                                        Range, check_overrides_take_effect, check_ranges, config_to_dict, from_dict,
                                        load_config, off_at_zero, save_config)
-from nextscale.training.metrics import MetricsLogger, plot_curves, progress_bar
+from nextscale.training.metrics import MetricsLogger, drop_records_after, plot_curves, progress_bar
 from nextscale.training.optim import build_adamw, build_scheduler, scaled_lr
 from nextscale.training.token_cache import TokenCache, TokenCacheError, split_scales, tokenizer_identity
 
@@ -522,9 +522,16 @@ class _Trainer:
                          if cfg.precision != "float32" else contextlib.nullcontext())
         self.segments = segment_sizes(self.model, self.vae)
         self.ckpts = CheckpointManager(self.out / "checkpoints", keep_last=cfg.keep_checkpoints)
+        if self.main:  # what a kill during a checkpoint write left behind
+            self.ckpts.remove_stale_temp_files()
         self.tokenizer_id = tokenizer_identity(self.vae)
         self.step = 0
         self._maybe_resume()
+        if self.main:  # the steps after the checkpoint are trained (and logged) again: log each step once
+            dropped = drop_records_after(self.out / "metrics.jsonl", self.step)
+            if dropped:
+                D.print_main(f"metrics.jsonl: dropped {dropped} line(s) after step {self.step}, which this run "
+                             f"trains again")
         if self.step == 0:  # every rank its own random stream (class dropout, drop path)
             torch.manual_seed(cfg.seed * 1000 + 1 + self.info.rank)
         self.source = TokenSource(cfg, self.vae, self.order, self.dataset, self.cache, self.device, self.step,
@@ -646,10 +653,17 @@ class _Trainer:
                 raise ConfigError(f"{self.ckpts.folder} already holds checkpoints and resume=never: choose another "
                                   f"out_dir, delete them, or resume=auto to continue")
             return
-        path = self.ckpts.latest() if cfg.resume == "auto" else Path(cfg.resume)
-        if path is None:
-            return
-        state = load_checkpoint(path)
+        if cfg.resume == "auto":
+            # Rank 0 picks the newest checkpoint that loads (a damaged one is set aside with a warning); the
+            # other ranks load the same file.
+            found = self.ckpts.load_latest() if self.main else None
+            path = D.broadcast_object(found[0] if found else None)
+            if path is None:
+                return
+            state = found[1] if found else load_checkpoint(path)
+        else:
+            path = Path(cfg.resume)
+            state = load_checkpoint(path)  # a damaged checkpoint named by the user stays an error
         if state.get("tokenizer", {}).get("weights_hash") != self.tokenizer_id["weights_hash"] or \
                 state.get("tokenizer", {}).get("config_hash") != self.tokenizer_id["config_hash"]:
             raise ConfigError(f"checkpoint {path} was trained with another tokenizer than {cfg.tokenizer}: resume "
