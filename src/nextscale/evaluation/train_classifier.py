@@ -108,22 +108,10 @@ def accuracy(model: ImageClassifier, images: np.ndarray, labels: np.ndarray, dev
     return float((predict(model, images, device, batch_size) == labels).mean())
 
 
-def _option_ranges() -> dict:
-    """The range of the numeric options that _check does not test itself, as the trainers' Range tables (NaN and
-    inf are refused for floats). --seed and --holdout-seed take any integer (torch and the SHA-1 rule accept it)."""
-    from nextscale.training.config import AT_LEAST_1, BELOW_ONE, NON_NEGATIVE, POSITIVE, Range, off_at_zero
-    return {"resolution": AT_LEAST_1, "widths": Range(low=1, min_items=1), "dropout": BELOW_ONE, "lr": POSITIVE,
-            "weight_decay": NON_NEGATIVE, "threads": off_at_zero("torch's default")}
-
-
 def _check(args) -> None:
     for name in ("epochs", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    problems = [message for name, rng in _option_ranges().items() if hasattr(args, name)
-                for message in rng.problems("--" + name.replace("_", "-"), getattr(args, name))]
-    if problems:  # before any data is read: --lr nan used to train a model of NaNs for every epoch
-        raise ValueError("; ".join(problems))
     if args.data is None:
         if args.eval_data is not None:
             raise ValueError("--eval-data is for --data FOLDER (Fashion-MNIST is held out by its test split)")
