@@ -3,7 +3,8 @@
     python benchmarks/tokenizer_ablation.py --out runs/tokenizer_ablation --minutes 15
 
 Rows (overrides of configs/tokenizer_fashion_mnist.yaml): L2 only; L2 + perceptual (LPIPS with the installed VGG16
-and heads); L2 + perceptual + GAN (PatchGAN, hinge, VQGAN's adaptive weight, starting at 40% of the steps). All
+and heads); L2 + perceptual + GAN (PatchGAN, hinge, VQGAN's adaptive weight, starting at 40% of the steps, or at
+once with --init: every row then continues the same tokenizer, which is scored as a row of its own). All
 rows train at the same time, one thread each, so they share the machine alike. Each row's step count is set from
 its own speed, measured by a 90-second probe run beside the others, so that its learning-rate schedule ends at the
 budget (the trainer's time limit stops it at 1.1x the budget if the machine slows down).
@@ -32,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs" / "tokenizer_fashion_mnist.yaml"
 SHIPPED_TOKENIZER = ROOT / "src" / "nextscale" / "assets" / "fashion_mnist_var" / "tokenizer"
 PROBE_MINUTES = 1.5
-START_ROW = "start (--init, not trained here)"
+START_ROW = "start (--init)"  # scored, not trained here
 
 
 def make_rows(perceptual_weight: float, gan_weight: float) -> dict[str, list[str]]:
@@ -81,7 +82,8 @@ def train_rows(out: Path, rows: dict[str, list[str]], minutes: float, global_bat
             continue
         # Every probe runs for the same wall time, all at once, so each is measured while all rows share the
         # machine (probes of a fixed step count end at different times, and the last ones then run alone).
-        probes[name] = launch(overrides + ["steps=100000", "log_every=5", "eval_every=0", "checkpoint_every=0",
+        probes[name] = launch(overrides + ["steps=100000", "stop_at_step=0", "log_every=5", "eval_every=0",
+                                           "checkpoint_every=0",
                                            f"time_limit_minutes={PROBE_MINUTES}", f"global_batch={global_batch}"],
                               out / f"probe_{slug(name)}", run / "probe.log")
     wait_all(probes)
@@ -96,7 +98,8 @@ def train_rows(out: Path, rows: dict[str, list[str]], minutes: float, global_bat
         run, steps = out / slug(name), plans[name]["steps"]
         if (run / "summary.json").is_file():
             continue
-        extra = [f"steps={steps}", f"global_batch={global_batch}", f"time_limit_minutes={minutes * 1.1:.2f}",
+        extra = [f"steps={steps}", "stop_at_step=0", f"global_batch={global_batch}",
+                 f"time_limit_minutes={minutes * 1.1:.2f}",
                  f"codebook.restart_until={int(steps * 0.85)}", f"eval_every={max(steps // 4, 1)}",
                  f"checkpoint_every={max(steps // 4, 1)}", "optim.warmup_steps=50"]
         if any(o.startswith("loss.gan_weight=") and o != "loss.gan_weight=0" for o in overrides):
@@ -171,7 +174,7 @@ def table(results: dict) -> str:
     for name, r in results.items():
         c = r["classifier"]
         kid = f"{c['kid']:.3f}" if "kid" in c else ""
-        if name == "real images" or "train" not in r:
+        if name == "real images" or r.get("train") is None:  # the floor, and the --init start (not trained here)
             if name != "real images":
                 usage = ", ".join(f"{u:.0%}" for u in r["usage_per_scale"])
                 lines.append(f"| {name} | | | {r['psnr']:.2f} | {r['ssim']:.3f} | {c['class_accuracy']:.3f} | "
