@@ -148,8 +148,8 @@ def test_train_on_your_own_images_as_the_readme_says(tmp_path):
 
 
 FMNIST_CI = {
-    "train-tokenizer": ["steps=4", "global_batch=8", "log_every=2", "eval_every=2", "checkpoint_every=2",
-                        "eval_images=16", "time_limit_minutes=0"],
+    "train-tokenizer": ["steps=4", "stop_at_step=3", "global_batch=8", "log_every=2", "eval_every=2",
+                        "checkpoint_every=2", "eval_images=16", "codebook.restart_until=0"],
     "tokenize": ["data.max_images=256"],
     "train": ["steps=4", "global_batch=8", "log_every=2", "eval_every=2", "checkpoint_every=2", "sample.every=0",
               "eval_images=16"],
@@ -165,12 +165,17 @@ def test_fashion_mnist_recipe_as_the_readme_says(tmp_path):
     commands = [c for c in bash_commands(section("## Training recipes")) if "fashion_mnist" in c
                 and not c.startswith("torchrun")]
     subcommands = [shlex.split(c)[1] for c in commands]
-    assert subcommands[:3] == ["train-tokenizer", "tokenize", "train"], subcommands
+    assert subcommands[:4] == ["train-tokenizer", "train-tokenizer", "tokenize", "train"], subcommands
     work = workspace(tmp_path)
-    for line in commands[:3]:
+    for line in commands[:4]:
         argv = shlex.split(line)[1:]
         run_cli(argv + FMNIST_CI[argv[0]], work)
     assert (work / "runs" / "tokenizer_fmnist" / "model" / "config.json").is_file()
+    # Phase 2 started from phase 1 (init_from), and the transformer's tokenizer is phase 2's.
+    phase2 = work / "runs" / "tokenizer_fmnist_phase2"
+    assert "init_from: runs/tokenizer_fmnist" in (phase2 / "config.yaml").read_text()
+    assert (work / "runs" / "var_fmnist" / "model" / "tokenizer" / "model.safetensors").read_bytes() == \
+        (phase2 / "model" / "model.safetensors").read_bytes()
     assert (work / "runs" / "cache_fmnist_train" / "header.json").is_file()
     assert (work / "runs" / "var_fmnist" / "model" / "config.json").is_file()
 

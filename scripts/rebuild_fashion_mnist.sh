@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Rebuilds the shipped Fashion-MNIST model from scratch with the project's recipes, timing every step:
+#
+#   make fashion-mnist-model                        # or: bash scripts/rebuild_fashion_mnist.sh [RUNS_FOLDER]
+#
+# 1. tokenizer, phase 1: configs/tokenizer_fashion_mnist.yaml (L2 + codebook loss, paused at step 1500)
+# 2. tokenizer, phase 2: configs/tokenizer_fashion_mnist_phase2.yaml (continues phase 1 with its losses)
+# 3. token cache of the 60k training images
+# 4. the transformer (configs/var_fashion_mnist.yaml) and, at the same time on the other core, the raster-AR
+#    baseline of the README's comparison (same tokenizer, cache, size, steps and schedule)
+# Times on the 2-core machine that made the shipped model are in src/nextscale/assets/fashion_mnist_var/TRAINING.md.
+# Every step resumes when the script is run again (a finished step trains nothing more).
+# TOKENIZER_ARGS, TOKENIZE_ARGS and VAR_ARGS (key=value overrides, space-separated) are added to those steps;
+# the tests use them to make every step tiny.
+set -euo pipefail
+RUNS=$(realpath -m "${1:-runs/fashion_mnist_rebuild}")
+cd "$(dirname "$0")/.."  # the recipes' paths are relative to the repository
+NEXTSCALE=${NEXTSCALE:-nextscale}
+read -r -a tokenizer_args <<< "${TOKENIZER_ARGS:-}"
+read -r -a tokenize_args <<< "${TOKENIZE_ARGS:-}"
+read -r -a var_args <<< "${VAR_ARGS:-}"
+mkdir -p "$RUNS"
+times="$RUNS/times.txt"
+: > "$times"
+
+timed() {  # timed NAME COMMAND...: runs it, appends "NAME: M min S s" to $times
+  local name=$1 start=$SECONDS
+  shift
+  echo "== $name: $*"
+  "$@"
+  echo "$name: $(( (SECONDS - start) / 60 )) min $(( (SECONDS - start) % 60 )) s" >> "$times"
+}
+
+timed "tokenizer phase 1" $NEXTSCALE train-tokenizer configs/tokenizer_fashion_mnist.yaml \
+  "out_dir=$RUNS/tokenizer_phase1" "${tokenizer_args[@]}"
+timed "tokenizer phase 2" $NEXTSCALE train-tokenizer configs/tokenizer_fashion_mnist_phase2.yaml \
+  "init_from=$RUNS/tokenizer_phase1" "out_dir=$RUNS/tokenizer" "${tokenizer_args[@]}"
+timed "token cache" $NEXTSCALE tokenize configs/var_fashion_mnist.yaml "tokenizer=$RUNS/tokenizer" \
+  --out "$RUNS/cache" "${tokenize_args[@]}"
+# One core each, as the shipped model and its baseline were trained.
+timed "transformer" $NEXTSCALE train configs/var_fashion_mnist.yaml "tokenizer=$RUNS/tokenizer" \
+  "token_cache=$RUNS/cache" "out_dir=$RUNS/var" "${var_args[@]}" &
+var_pid=$!
+timed "raster-AR baseline" $NEXTSCALE train configs/var_fashion_mnist.yaml model.kind=raster_ar \
+  "tokenizer=$RUNS/tokenizer" "token_cache=$RUNS/cache" "out_dir=$RUNS/ar" "${var_args[@]}" &
+ar_pid=$!
+wait $var_pid
+wait $ar_pid
+
+echo
+echo "== times (also in $times)"
+cat "$times"
+echo "the model: $RUNS/var/model (its tokenizer inside); the baseline: $RUNS/ar/model"
+echo "compare them: python benchmarks/fmnist_var_vs_ar.py --var $RUNS/var/model --ar $RUNS/ar/model --cfg 3"

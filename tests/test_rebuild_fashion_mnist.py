@@ -1,0 +1,39 @@
+"""`make fashion-mnist-model`'s script rebuilds the shipped model's pipeline end to end (every step tiny here):
+both tokenizer phases, the token cache, the transformer and the raster-AR baseline, each step timed."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_rebuild_script_runs_every_step_and_times_it(tmp_path):
+    try:
+        from nextscale.data.fashion_mnist import load_fashion_mnist
+        load_fashion_mnist("test")
+    except (FileNotFoundError, ValueError) as e:
+        pytest.skip(f"Fashion-MNIST not installed: {e}")
+    runs = tmp_path / "rebuild"
+    env = dict(os.environ, OMP_NUM_THREADS="1", NEXTSCALE=f"{sys.executable} -m nextscale",
+               TOKENIZER_ARGS="steps=4 stop_at_step=3 global_batch=8 log_every=1 eval_every=3 eval_images=16 "
+                              "checkpoint_every=3 codebook.restart_until=0",
+               TOKENIZE_ARGS="data.max_images=128",
+               VAR_ARGS="steps=2 global_batch=8 log_every=1 eval_every=2 eval_images=16 checkpoint_every=2 "
+                        "sample.every=0")
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "rebuild_fashion_mnist.sh"), str(runs)], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    steps = [line.split(":")[0] for line in (runs / "times.txt").read_text().splitlines()]
+    assert sorted(steps) == sorted(["tokenizer phase 1", "tokenizer phase 2", "token cache", "transformer",
+                                    "raster-AR baseline"]), steps
+    assert "init_from: " + str(runs / "tokenizer_phase1") in (runs / "tokenizer" / "config.yaml").read_text()
+    for model in ("var", "ar"):
+        assert (runs / model / "model" / "config.json").is_file()
+    # The transformer carries phase 2's tokenizer, not phase 1's.
+    assert (runs / "var" / "model" / "tokenizer" / "model.safetensors").read_bytes() == \
+        (runs / "tokenizer" / "model" / "model.safetensors").read_bytes()
