@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,5 +37,8 @@ def test_rebuild_script_runs_every_step_and_times_it(tmp_path):
     for model in ("var", "ar"):
         assert (runs / model / "model" / "config.json").is_file()
     # The transformer carries phase 2's tokenizer, not phase 1's.
-    assert (runs / "var" / "model" / "tokenizer" / "model.safetensors").read_bytes() == \
-        (runs / "tokenizer" / "model" / "model.safetensors").read_bytes()
+    inside = load_file(runs / "var" / "model" / "tokenizer" / "model.safetensors")
+    phase2 = load_file(runs / "tokenizer" / "model" / "model.safetensors")
+    phase1 = load_file(runs / "tokenizer_phase1" / "model" / "model.safetensors")
+    assert inside.keys() == phase2.keys() and all(torch.equal(inside[k], phase2[k]) for k in inside)
+    assert not all(torch.equal(phase1[k], phase2[k]) for k in phase1)
