@@ -247,3 +247,80 @@ def test_shipped_model_loads_by_name():
     var = nextscale.load_var("fashion-mnist")
     assert var.tokenizer is not None and var.extra_config.get("class_names")
     assert isinstance(nextscale.load_vae("fashion-mnist"), VQVAE)
+
+
+# ---------------------------------------------------------------------------------------- config.json schema
+def test_every_architecture_field_has_a_rule_in_the_config_schema():
+    """check_model_config checks the type of every field and the range of every numeric one: a new numeric field
+    of VARConfig, VQVAEConfig or RasterARConfig without a range fails here."""
+    import dataclasses
+    import typing
+
+    from nextscale.checkpoints import CONFIG_CHOICES, _config_classes, _config_ranges
+    for kind, cls in _config_classes().items():
+        hints = typing.get_type_hints(cls)
+        ranges = _config_ranges(kind)
+        for field in dataclasses.fields(cls):
+            text = str(hints[field.name])
+            if hints[field.name] is bool:
+                continue
+            if hints[field.name] is str or "str" in text:
+                assert field.name in CONFIG_CHOICES, f"{kind}: config.{field.name} has no allowed values"
+            else:
+                assert field.name in ranges, f"{kind}: config.{field.name} has no range"
+
+
+def test_a_config_claiming_a_huge_model_is_refused_by_its_weights_before_any_allocation(tiny_models, tmp_path,
+                                                                                        monkeypatch):
+    """The architecture is built on the meta device and compared with the weights first: a config.json that
+    claims a model far larger than its weights costs no memory."""
+    import nextscale.checkpoints as checkpoints
+    _, var = tiny_models
+    var.save_pretrained(tmp_path / "model")
+    path = tmp_path / "model" / "config.json"
+    meta = json.loads(path.read_text())
+    meta["config"].update(embed_dim=1024, num_heads=2)
+    path.write_text(json.dumps(meta))
+    devices = []
+    real_var = checkpoints.VAR
+
+    def recording(*args, **kwargs):
+        devices.append(torch.empty(0).device.type)
+        return real_var(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoints, "VAR", recording)
+    with pytest.raises(CheckpointError, match="does not fit the model it describes"):
+        nextscale.load_var(tmp_path / "model")
+    assert devices and set(devices) == {"meta"}
+
+
+def test_a_model_folder_keeps_its_schedule(tiny_models, tmp_path):
+    _, var = tiny_models
+    var.save_pretrained(tmp_path / "model")
+    assert nextscale.load_var(tmp_path / "model", patch_nums=(1, 2, 3, 4)).patch_nums == (1, 2, 3, 4)
+    with pytest.raises(CheckpointError, match="is a model of the scale schedule 1,2,3,4, not 1,2,3"):
+        nextscale.load_var(tmp_path / "model", patch_nums=(1, 2, 3))
+
+
+def test_empty_files_say_so(tmp_path):
+    for name in ("vae.pth", "vae.safetensors"):
+        (tmp_path / name).touch()
+        with pytest.raises(CheckpointError, match=r"is empty \(0 bytes\)"):
+            nextscale.load_vae(tmp_path / name)
+
+
+def test_save_pretrained_replaces_files_whole(tiny_models, tmp_path, monkeypatch):
+    """An interrupted save (the trainers write model/ with every checkpoint) leaves the previous files whole."""
+    import nextscale.checkpoints as checkpoints
+    vae, _ = tiny_models
+    vae.save_pretrained(tmp_path / "tok")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "tok").iterdir()}
+
+    def interrupted(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoints, "save_file", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoints.save_pretrained(vae, tmp_path / "tok")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "tok").iterdir()} == before

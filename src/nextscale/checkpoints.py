@@ -14,11 +14,14 @@ check, no retries) with the file to download and how to pass it; a copy in the H
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import pickle
 import shlex
 import threading
+import typing
 import urllib.error
 import urllib.request
 import zipfile
@@ -68,9 +71,19 @@ def _torch_load(path: Path):
         if _looks_like_training_checkpoint(path):
             raise CheckpointError(_training_checkpoint_message(path, None, "var")) from None
         raise CheckpointError(f"refusing to load {path}: it is not a plain tensor checkpoint and would run code "
-                              f"when unpickled (weights_only=True blocked: {str(e).splitlines()[0]})") from e
+                              f"when unpickled (weights_only=True blocked: {_first_line(e)})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise CheckpointError(f"cannot read {path}: {str(e).splitlines()[0]} (truncated or not a checkpoint?)") from e
+        if _is_empty(path):
+            raise CheckpointError(f"{path} is empty (0 bytes): the download or copy did not finish; fetch or copy "
+                                  f"it again") from None
+        raise CheckpointError(f"cannot read {path}: {_first_line(e)} (truncated or not a checkpoint?)") from None
+
+
+def _is_empty(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0
+    except OSError:
+        return False
 
 
 def _as_state_dict(obj, path: Path) -> dict[str, torch.Tensor]:
@@ -90,10 +103,14 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
+        if _is_empty(path):
+            raise CheckpointError(f"{path} is empty (0 bytes): the download or copy did not finish; fetch or copy "
+                                  f"it again")
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"{path} is not a valid safetensors file ({e}); it may be truncated") from e
+            raise CheckpointError(f"{path} is not a valid safetensors file ({_first_line(e)}); it may be "
+                                  f"truncated") from None
     return _as_state_dict(_torch_load(path), path)
 
 
@@ -311,7 +328,22 @@ def _closest_preset(sd: Mapping[str, torch.Tensor], presets: Mapping[str, torch.
 
 
 def _load_strict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], presets, build, source) -> None:
-    own = model.state_dict()
+    _refuse_mismatch(model.state_dict(), sd, presets, build, source)
+    model.load_state_dict(sd, strict=True)
+
+
+def _build_fitting(build, config, sd: Mapping[str, torch.Tensor], presets, source) -> torch.nn.Module:
+    """`build(config)` with the weights `sd`. The shapes are compared on the meta device first, so a config
+    that claims a huge architecture is refused by the weights actually there before any memory is allocated."""
+    with torch.device("meta"):
+        _refuse_mismatch(build(config).state_dict(), sd, presets, build, source)
+    model = build(config)
+    model.load_state_dict(sd, strict=True)
+    return model
+
+
+def _refuse_mismatch(own: Mapping[str, torch.Tensor], sd: Mapping[str, torch.Tensor], presets, build,
+                     source) -> None:
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
     wrong_shape = sorted(k for k in set(own) & set(sd) if tuple(own[k].shape) != tuple(sd[k].shape))
@@ -323,7 +355,6 @@ def _load_strict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], presets
                 lines.append(f"  {title} ({len(keys)}): {', '.join(shown)}")
         lines.append(f"  closest preset: {_closest_preset(sd, presets, build)}")
         raise CheckpointError("\n".join(lines))
-    model.load_state_dict(sd, strict=True)
 
 
 # ---------------------------------------------------------------------------------------- our format
@@ -333,30 +364,169 @@ def save_pretrained(model: VQVAE | VAR, folder: str | os.PathLike) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     kind = model.model_type
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(sd, str(folder / WEIGHTS_NAME), metadata={"format": "pt", "model_type": kind})
-    (folder / CONFIG_NAME).write_text(json.dumps({"model_type": kind, "config": model.config.to_dict(),
-                                                  **getattr(model, "extra_config", {})}, indent=2) + "\n")
+    # Each file through a temp file renamed into place: an interrupted save (the trainers write model/ with each
+    # checkpoint) never leaves a truncated file, and a folder being replaced keeps its old files until then.
+    tmp = folder / f".{WEIGHTS_NAME}.{os.getpid()}.tmp"
+    try:
+        save_file(sd, str(tmp), metadata={"format": "pt", "model_type": kind})
+        os.replace(tmp, folder / WEIGHTS_NAME)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    from nextscale.training.checkpointing import atomic_write_bytes
+    atomic_write_bytes(folder / CONFIG_NAME, (json.dumps({"model_type": kind, "config": model.config.to_dict(),
+                                                          **getattr(model, "extra_config", {})}, indent=2)
+                                              + "\n").encode())
     tokenizer = getattr(model, "tokenizer", None)
     if kind != "vqvae" and tokenizer is not None:
         save_pretrained(tokenizer, folder / TOKENIZER_SUBDIR)
     return folder
 
 
+# ---------------------------------------------------------------------------------------- config.json schema
+def _config_classes() -> dict[str, type]:
+    from nextscale.baseline.raster_ar import RasterARConfig  # late: the baseline imports this module lazily
+    return {"var": VARConfig, "vqvae": VQVAEConfig, "raster_ar": RasterARConfig}
+
+
+def _config_ranges(kind: str) -> dict:
+    """The accepted values of each numeric architecture field of a `kind` model folder's config.json, in the
+    trainers' Range vocabulary (nextscale.training.config); the tokenizer's table is the trainer's own."""
+    from nextscale.training.config import AT_LEAST_1, BELOW_ONE, FRACTION, POSITIVE, Range, ranges_of
+    if kind == "vqvae":
+        return ranges_of(VQVAEConfig)
+    return {"depth": AT_LEAST_1, "embed_dim": AT_LEAST_1, "num_heads": AT_LEAST_1, "num_classes": AT_LEAST_1,
+            "vocab_size": AT_LEAST_1, "vae_channels": AT_LEAST_1, "seq_len": AT_LEAST_1,
+            "patch_nums": Range(low=1, min_items=1), "mlp_ratio": POSITIVE, "drop_path_rate": BELOW_ONE,
+            "class_drop_prob": FRACTION, "norm_eps": POSITIVE}
+
+
+CONFIG_CHOICES = {"lookup": ("l2", "cosine")}  # string fields and the values they take
+# Counts that make Python objects (blocks, levels, scales): bounded, so that even building a model on the meta
+# device to compare it with the weights stays cheap. Far above any published or trained model.
+CONFIG_MAX = {"depth": 1024, "num_res_blocks": 64, "phi_count": 64, "ch_mult": 16, "patch_nums": 64}
+
+
+def check_model_config(meta, config_path: str | os.PathLike, expected_kind: str | None = None) -> dict:
+    """The one check of a model folder's config.json (already parsed: `meta`), used by every loader.
+
+    It must be an object with a known "model_type" (`expected_kind` when given) and a "config" object whose
+    keys are the architecture's fields, each of the right type and in range (patch_nums strictly increasing,
+    embed_dim divisible by num_heads); "class_names" (a list of strings, at most one per class), "sampling"
+    (cfg in [0, 100], top_k >= 0, top_p in [0, 1]) and "trained_steps" (>= 0) are checked when present.
+    Returns the config's values with their types made exact (4.0 -> 4); CheckpointError names the file and
+    the field otherwise. Other top-level keys are kept as they are (the model's extra_config).
+    """
+    from nextscale.sampling import MAX_CFG
+    from nextscale.training.config import ConfigError, coerce
+    where = str(config_path)
+
+    def bad(message: str):
+        return CheckpointError(f"{where}: {message}; fix the file or write the model folder again "
+                               f"(save_pretrained / nextscale export)")
+
+    if not isinstance(meta, dict):
+        raise bad(f"expected a JSON object with model_type and config, got a {type(meta).__name__}")
+    classes = _config_classes()
+    kind = meta.get("model_type")
+    if kind not in classes:
+        raise bad(f"model_type is {kind!r}, not one of {', '.join(classes)}")
+    if expected_kind is not None and kind != expected_kind:
+        return {}  # the caller names the kind it found and the loader to use
+    config = meta.get("config")
+    if not isinstance(config, dict):
+        raise bad("it lacks the \"config\" object (the architecture)" if config is None else
+                  f"\"config\" must be an object of architecture fields, got {config!r}")
+    cls = classes[kind]
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(config) - fields)
+    if unknown:
+        raise bad(f"unknown config key(s) {', '.join('config.' + k for k in unknown)}; known: {', '.join(sorted(fields))}")
+    hints = typing.get_type_hints(cls)
+    ranges = _config_ranges(kind)
+    checked, problems = {}, []
+    for name, value in config.items():
+        key = f"config.{name}"
+        try:
+            value = coerce(value, hints[name], key)
+        except ConfigError as e:
+            problems.append(str(e))
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"{key} must be a finite number, got {value}")
+        elif name in CONFIG_CHOICES and value not in CONFIG_CHOICES[name]:
+            problems.append(f"{key} must be one of {', '.join(CONFIG_CHOICES[name])}, got {value!r}")
+        elif name in ranges:
+            problems += ranges[name].problems(key, value)
+        if name in CONFIG_MAX and (len(value) if isinstance(value, (list, tuple)) else value) > CONFIG_MAX[name]:
+            what = "values" if isinstance(value, (list, tuple)) else ""
+            problems.append(f"{key} must be at most {CONFIG_MAX[name]}{' ' + what if what else ''}, got "
+                            f"{value if not what else len(value)}")
+        checked[name] = value
+    patch_nums = checked.get("patch_nums")
+    if patch_nums and list(patch_nums) != sorted(set(patch_nums)):
+        problems.append(f"config.patch_nums must be strictly increasing, got {list(patch_nums)}")
+    if not problems:
+        try:  # the dataclass fills the defaults (embed_dim = 64 * depth ...) and checks what spans fields
+            full = cls(**checked)
+        except (TypeError, ValueError, ArithmeticError) as e:
+            problems.append(str(e))
+        else:
+            num_classes = getattr(full, "num_classes", None)
+    if problems:
+        raise bad("; ".join(problems))
+
+    names = meta.get("class_names")
+    if names is not None:
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise bad(f"class_names must be a list of strings (index = class id), got {names!r:.80}")
+        if num_classes is not None and len(names) > num_classes:
+            raise bad(f"class_names has {len(names)} names but the model has {num_classes} classes")
+    sampling = meta.get("sampling")
+    if sampling is not None:
+        if not isinstance(sampling, dict):
+            raise bad(f"sampling must be an object with cfg, top_k, top_p, got {sampling!r:.80}")
+        rules = {"cfg": (float, 0, MAX_CFG), "top_k": (int, 0, None), "top_p": (float, 0, 1)}
+        for name, (kind_of, low, high) in rules.items():
+            if name not in sampling:
+                continue
+            value = sampling[name]
+            number = isinstance(value, (int, float)) and not isinstance(value, bool) and \
+                (kind_of is float or isinstance(value, int) or float(value).is_integer())
+            if not number or not math.isfinite(value) or value < low or (high is not None and value > high):
+                span = f"in [{low}, {high:g}]" if high is not None else f"an integer >= {low}"
+                raise bad(f"sampling.{name} must be {span}, got {value!r}")
+    steps = meta.get("trained_steps")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
+        raise bad(f"trained_steps must be an integer >= 0, got {steps!r}")
+    return checked
+
+
+def _read_config(folder: Path, expected_kind: str | None = None) -> tuple[dict, dict]:
+    """(config.json as parsed, its checked "config" values) of a model folder."""
+    config_path = folder / CONFIG_NAME
+    try:
+        meta = json.loads(config_path.read_text())
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{config_path} is not a text (JSON) file ({e.reason}); write the model folder "
+                              f"again") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{config_path} is not valid JSON: {e}") from None
+    return meta, check_model_config(meta, config_path, expected_kind)
+
+
 def _read_folder(folder: Path, expected_kind: str) -> tuple[dict, dict[str, torch.Tensor]]:
     config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
     if not config_path.is_file() or not weights_path.is_file():
         raise CheckpointError(f"{folder} is not a nextscale model folder: it needs {CONFIG_NAME} and {WEIGHTS_NAME}")
-    try:
-        meta = json.loads(config_path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{config_path} is not valid JSON: {e}") from e
+    meta, config = _read_config(folder, expected_kind)
     if meta.get("model_type") != expected_kind:
         hint = {"vqvae": f": load it with load_vae({str(folder)!r})",
                 "var": f": load it with load_var({str(folder)!r})",
                 "raster_ar": f": load it with nextscale.baseline.raster_ar.RasterAR.from_pretrained({str(folder)!r})",
                 }.get(meta.get("model_type"), "")
         raise CheckpointError(f"{folder} holds a {meta.get('model_type')!r} model, not a {expected_kind!r}{hint}")
-    return meta, read_state_dict(weights_path)
+    return {**meta, "config": config}, read_state_dict(weights_path)
 
 
 def _hub_unreachable(timeout: float = HUB_CHECK_TIMEOUT_S) -> str | None:
@@ -382,9 +552,10 @@ def _hub_unreachable(timeout: float = HUB_CHECK_TIMEOUT_S) -> str | None:
     return answer[0] if answer else f"{endpoint} did not answer within {timeout:g} s"
 
 
-def _first_line(e: Exception) -> str:
+def _first_line(e: BaseException) -> str:
+    """`Type: first line of the message`, or the type alone (an EOFError of an empty file has no message)."""
     text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
 def _cached_hub_file(repo: str, filename: str) -> Path | None:
@@ -510,9 +681,7 @@ def load_vae(path: str | os.PathLike, patch_nums=None, **overrides) -> VQVAE:
     else:
         sd = _read_weights(path, "vqvae")
         config = infer_vae_config(sd, **overrides)
-    model = VQVAE(config)
-    _load_strict(model, sd, VAE_PRESETS, VQVAE, str(path))
-    return model.eval()
+    return _build_fitting(VQVAE, config, sd, VAE_PRESETS, str(path)).eval()
 
 
 def load_var(path: str | os.PathLike, vae: VQVAE | None = None, patch_nums=None, **overrides) -> VAR:
@@ -529,17 +698,18 @@ def load_var(path: str | os.PathLike, vae: VQVAE | None = None, patch_nums=None,
     if path.is_dir():
         meta, sd = _read_folder(path, "var")
         extra = {k: v for k, v in meta.items() if k not in ("model_type", "config")}
-        config_dict = dict(meta["config"])
-        if patch_nums is not None:
-            config_dict["patch_nums"] = list(patch_nums)
-        config = VARConfig.from_dict({**config_dict, **overrides})
+        config = VARConfig.from_dict({**meta["config"], **overrides})
+        if patch_nums is not None and tuple(patch_nums) != tuple(config.patch_nums):
+            # The folder records its schedule; another one would not fit the weights (or silently be ignored).
+            raise CheckpointError(f"{path} is a model of the scale schedule {','.join(map(str, config.patch_nums))}"
+                                  f", not {','.join(map(str, patch_nums))}: leave patch_nums out (a model folder "
+                                  f"records its own)")
         if vae is None and (path / TOKENIZER_SUBDIR).is_dir():
             vae = load_vae(path / TOKENIZER_SUBDIR)
     else:
         sd = _read_weights(path, "var")
         config = infer_var_config(sd, patch_nums=patch_nums or _vae_schedule_if_fits(sd, vae), **overrides)
-    model = VAR(config)
-    _load_strict(model, sd, VAR_PRESETS, VAR, str(path))
+    model = _build_fitting(VAR, config, sd, VAR_PRESETS, str(path))
     model.extra_config = extra
     if vae is not None:
         model.attach_tokenizer(vae)

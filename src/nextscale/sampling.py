@@ -9,7 +9,6 @@ in "more smooth" mode one `exponential_` draw of shape (B, l, V) for the Gumbel 
 from __future__ import annotations
 
 import contextlib
-import math
 import warnings
 import weakref
 from dataclasses import dataclass
@@ -23,6 +22,10 @@ from nextscale.transformer.var import VAR
 
 # "float32" is exact (the reference results); the others trade exactness for speed (see `sample`).
 PRECISIONS = ("float32", "bfloat16", "float16", "int8")
+# Guidance beyond this only saturates the logits (the published settings use 1.5 to 4; the web app's bound too).
+MAX_CFG = 100.0
+# Seeds: whole numbers in [0, MAX_SEED], as torch seeds them and the web app takes them (image i: seed + i).
+MAX_SEED = 2**63 - 1
 
 
 @dataclass
@@ -40,8 +43,8 @@ def validate_sampling_args(num_classes: int, labels: torch.Tensor | None, cfg: f
         bad = labels[(labels < 0) | (labels > num_classes)].tolist()
         raise ValueError(f"class ids {bad} are outside [0, {num_classes}] "
                          f"(0..{num_classes - 1} are classes, {num_classes} is the null class for unconditional sampling)")
-    if not (cfg >= 0 and math.isfinite(cfg)):
-        raise ValueError(f"cfg must be a finite number >= 0, got {cfg}")
+    if not (0 <= cfg <= MAX_CFG):  # NaN fails the comparison too
+        raise ValueError(f"cfg must be a number in [0, {MAX_CFG:g}] (0 = no guidance), got {cfg}")
     if top_k < 0:
         raise ValueError(f"top_k must be >= 0 (0 disables it), got {top_k}")
     if not 0 <= top_p <= 1:
@@ -156,11 +159,24 @@ def generate_tokens(var: VAR, labels_B: torch.Tensor, generator: Generators, cfg
     return tokens, f_hat
 
 
+def check_seed(seed, count: int = 1, name: str = "seed") -> int:
+    """`seed` as an int, when it and the seeds of `count` images after it (seed + i) lie in [0, MAX_SEED];
+    else a ValueError that says so under `name` (the argument or option)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"{name} must be a whole number in [0, {MAX_SEED}], got {seed!r}")
+    seed = int(seed)
+    last = MAX_SEED - max(count - 1, 0)
+    if not 0 <= seed <= last:
+        tail = f" (image i uses seed + i: {count} images need a seed of at most {last})" if count > 1 else ""
+        raise ValueError(f"{name} must be a whole number in [0, {MAX_SEED}]{tail}, got {seed}")
+    return seed
+
+
 def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator | None:
     if seed is None:
         return None
     g = torch.Generator(device=device)
-    g.manual_seed(int(seed))
+    g.manual_seed(check_seed(seed))
     return g
 
 
@@ -207,7 +223,8 @@ def class_id(value, var) -> int:
             return lowered.index(text.lower())
         if text.lower() in NULL_CLASS_WORDS:
             return num_classes
-        if text.lstrip("+-").isdigit():
+        digits = text[1:] if text[:1] in "+-" else text
+        if digits.isascii() and digits.isdigit():  # '²' and other Unicode digits are not ids
             value = int(text)
         else:
             known = (f"the model's classes are {', '.join(repr(n) for n in names)}" if names else
@@ -314,7 +331,8 @@ def request_generator(seed: int | None, per_image_seeds: bool, generator: Genera
             raise ValueError("per_image_seeds=True makes one generator per image from seed: do not pass generator too")
         if seed is None:
             raise ValueError("per_image_seeds=True needs a seed (image i uses seed + i)")
-        return seeded_generators(range(int(seed), int(seed) + count), device)
+        seed = check_seed(seed, count)
+        return seeded_generators(range(seed, seed + count), device)
     return generator if generator is not None else make_generator(seed, device)
 
 
