@@ -24,6 +24,11 @@ COMMANDS = {
 }
 
 
+def out_of_memory_types() -> tuple[type[BaseException], ...]:
+    import torch
+    return (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nextscale",
@@ -50,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.run(args) or 0)
     except UserError as e:
         print(f"nextscale {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except out_of_memory_types():
+        # The one failure left that depends on the machine, not on the input being wrong: say what to lower.
+        print(f"nextscale {args.command}: error: out of memory: ask for less at once (a smaller --batch-size, fewer "
+              f"images) or free memory", file=sys.stderr)
         return 2
     except error_types() as e:
         print(f"nextscale {args.command}: error: {e}", file=sys.stderr)

@@ -146,11 +146,18 @@ def make_grid(images_BCHW: torch.Tensor, ncols: int | None = None, padding: int 
     return grid
 
 
-def save_png(array_HWC: np.ndarray, path: str | os.PathLike) -> Path:
+def save_image_file(image: Image.Image, path: str | os.PathLike) -> Path:
+    """Write `image` in the format its extension names (PNG when unknown) through a temp file renamed into place:
+    a full disk or an interruption never leaves a truncated image, nor replaces a good one with it."""
+    from nextscale.training.checkpointing import atomic_write
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array_HWC).save(path)
+    image_format = Image.registered_extensions().get(path.suffix.lower(), "PNG")
+    atomic_write(path, lambda f: image.save(f, format=image_format))
     return path
+
+
+def save_png(array_HWC: np.ndarray, path: str | os.PathLike) -> Path:
+    return save_image_file(Image.fromarray(array_HWC), path)
 
 
 def save_images(images_BCHW: torch.Tensor, folder: str | os.PathLike, names: Sequence[str]) -> list[Path]:
@@ -231,7 +238,4 @@ def save_labeled_grid(images_BCHW: torch.Tensor, path: str | os.PathLike, ncols:
             x = label_w - 2 * pad - (right - left) - left  # right-aligned next to the row
             y = pad + r * (ch + pad) + (ch - (bottom - top)) / 2 - top  # centred on the row
             draw.text((x, y), label, fill=(0, 0, 0), font=font)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
-    return path
+    return save_image_file(image, path)

@@ -7,10 +7,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nextscale.commands.common import (UserError, add_device_args, add_model_args, autocast_context, float_list,
-                                       load_model, resolve_device)
+from nextscale.commands.common import (Outputs, UserError, add_device_args, add_max_pixels_arg, add_model_args,
+                                       autocast_context, check_number, check_seed, float_list, load_model,
+                                       parse_class_option, resolve_device)
 from nextscale.commands.sample import add_sampling_args, sampling_settings
-from nextscale.sampling import parse_classes
+
+# Variations per input image: each is a column of the edited grid, so a few hundred make an unusable PNG; they
+# are regenerated EDIT_BATCH at a time (variation j with seed + j, whatever the batch).
+MAX_VARIATIONS = 100
+EDIT_BATCH = 16
 
 
 def add_parser(sub) -> None:
@@ -35,8 +40,10 @@ def add_parser(sub) -> None:
                       help="class id or name (case-insensitive) for the regenerated part (default: the null class, "
                            "i.e. unconditional)")
     what.add_argument("--num", type=int, default=1,
-                      help="variations per input image, variation j with seed+j (default 1); in Python: "
-                           "nextscale.edit(var, image.expand(NUM, -1, -1, -1), keep, seed=SEED, per_image_seeds=True)")
+                      help=f"variations per input image (at most {MAX_VARIATIONS}), variation j with seed+j "
+                           f"(default 1); in Python: nextscale.edit(var, image.expand(NUM, -1, -1, -1), keep, "
+                           f"seed=SEED, per_image_seeds=True)")
+    add_max_pixels_arg(what)
     add_sampling_args(p)
     add_device_args(p)
     out = p.add_argument_group("output")
@@ -47,65 +54,93 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def _keep_mask(args, image_size: tuple[int, int], resolution: int, grid: int) -> torch.Tensor:
+def _keep_mask(args, resolution: int, grid: int) -> tuple[torch.Tensor, tuple[int, int] | None]:
+    """(the keep-mask on the token grid, the size every input must have: the mask image's, or None for a box)."""
     from nextscale.editing import inpaint_keep_mask, keep_mask_from_image, outpaint_keep_mask
     from nextscale.images import pil_to_tensor, read_image, to_model_input
     if args.box is not None:
         make = inpaint_keep_mask if args.mode == "inpaint" else outpaint_keep_mask
-        return make(args.box, grid)
-    mask = read_image(args.mask)
-    if mask.size != image_size:
-        raise UserError(f"the mask is {mask.size[0]}x{mask.size[1]} but the image is {image_size[0]}x{image_size[1]}: "
-                        f"they must have the same size")
+        try:
+            keep = make(args.box, grid)
+        except ValueError as e:
+            raise UserError(f"--box: {e}") from None
+        if keep.all():
+            raise UserError(f"--box {','.join(f'{v:g}' for v in args.box)} with --mode {args.mode} keeps the whole "
+                            f"image: nothing is left to regenerate; give a smaller box (outpaint regenerates "
+                            f"outside it)")
+        return keep, None
+    mask = read_image(args.mask, args.max_pixels)
     mask_1HW = to_model_input([pil_to_tensor(mask, 1)], resolution, 1)[0, 0]
-    keep = keep_mask_from_image(mask_1HW, grid)
-    if keep.all():
-        raise UserError(f"the mask {args.mask} has no white region (white = regenerate): nothing to edit")
-    return keep
+    return keep_mask_from_image(mask_1HW, grid), mask.size
 
 
 def run(args) -> int:
     import nextscale
     from nextscale.images import make_grid, pil_to_tensor, read_image, save_png, to_model_input
 
-    if args.num < 1:
-        raise UserError(f"--num must be >= 1, got {args.num}")
+    check_number("--num", args.num, 1, MAX_VARIATIONS, integer=True)
     device = resolve_device(args.device)
+    autocast_context(device, args.dtype)  # refuses int8 (and float16 on a CPU) before the model is loaded
     var = load_model(args).to(device)
     settings = sampling_settings(args, var)
-    classes = parse_classes(args.classes, var)
+    classes = parse_class_option(args.classes, var)
     if classes is not None and len(classes) != 1:
         raise UserError(f"give one --class for the edit, got {len(classes)}")
     label = classes[0] if classes else var.num_classes
+    check_seed("--seed", args.seed, args.num)
     vae = var.tokenizer
     grid = var.patch_nums[-1]
+    channels = vae.config.image_channels
+    keep, mask_size = _keep_mask(args, vae.resolution, grid)
 
-    pil_images = [read_image(path) for path in args.image]  # fail early on any unreadable input
+    # Every input read (and checked) before any work; only its model-size copy is kept.
+    inputs = []
+    for path in args.image:
+        pil = read_image(path, args.max_pixels)
+        if mask_size is not None and pil.size != mask_size:
+            raise UserError(f"the mask is {mask_size[0]}x{mask_size[1]} but the image {path} is {pil.size[0]}x"
+                            f"{pil.size[1]}: they must have the same size")
+        inputs.append((path, to_model_input([pil_to_tensor(pil, channels)], vae.resolution, channels)))
+        del pil
+    if keep.all():  # after the sizes: a mask of the wrong size is the first thing to fix
+        raise UserError(f"the mask {args.mask} has no white region (white = regenerate): nothing to edit")
+
+    # Every output name of every input checked before the first edit: a name two inputs share, an existing file.
     out = Path(args.out)
-    for path, pil in zip(args.image, pil_images):
-        keep = _keep_mask(args, pil.size, vae.resolution, grid)
+    outputs = Outputs(overwrite=args.overwrite)
+    where = f"--out {args.out}"
+    cell = (vae.resolution + 2) ** 2 * 3
+    token_bytes = sum(pn * pn for pn in var.patch_nums) * 8 * args.num + grid * grid * 4 + 4096
+    targets = []
+    for path, _ in inputs:
         stem = Path(path).stem
-        targets = [out / f"{stem}_edited.png", out / f"{stem}_compare.png"]
-        existing = [t for t in targets if t.exists()]
-        if existing and not args.overwrite:
-            raise UserError(f"{existing[0]} already exists: choose another --out or pass --overwrite")
-        image = to_model_input([pil_to_tensor(pil, vae.config.image_channels)], vae.resolution,
-                               vae.config.image_channels)
-        images = image.expand(args.num, -1, -1, -1)
-        with autocast_context(device, args.dtype):  # variation j uses seed + j
-            result = nextscale.edit(var, images, keep, labels=label, seed=args.seed, per_image_seeds=True,
-                                    more_smooth=args.more_smooth, **settings)
-        edited = result.images.float().cpu()
-        # input | input with the regenerated region darkened | the edits
-        shade = torch.nn.functional.interpolate(keep[None, None], size=image.shape[-2:], mode="nearest")[0]
-        compare = torch.cat([image, image * (0.35 + 0.65 * shade), edited])
-        save_png(make_grid(edited, ncols=len(edited)), targets[0])
-        save_png(make_grid(compare, ncols=len(compare)), targets[1])
-        written = [str(t) for t in targets]
+        source = f"--image {path}"
+        planned = [outputs.file(out / f"{stem}_edited.png", args.num * cell, where, source),
+                   outputs.file(out / f"{stem}_compare.png", (args.num + 2) * cell, where, source)]
         if args.save_tokens:
-            tokens_path = out / f"{stem}_tokens.npz"
-            np.savez(tokens_path, **{f"scale_{k}": t.cpu().numpy() for k, t in enumerate(result.tokens)},
-                     keep_mask=keep.cpu().numpy())
-            written.append(str(tokens_path))
-        print(f"{path}: {args.mode if args.box is not None else 'mask'} edit, class {label} -> {', '.join(written)}")
+            planned.append(outputs.file(out / f"{stem}_tokens.npz", token_bytes, where, source))
+        targets.append(planned)
+    outputs.check()
+
+    with outputs.writing():
+        for (path, image), planned in zip(inputs, targets):
+            edited, tokens = [], []
+            for j in range(0, args.num, EDIT_BATCH):  # variation j uses seed + j
+                n = min(EDIT_BATCH, args.num - j)
+                with autocast_context(device, args.dtype):
+                    result = nextscale.edit(var, image.expand(n, -1, -1, -1), keep, labels=label, seed=args.seed + j,
+                                            per_image_seeds=True, more_smooth=args.more_smooth, **settings)
+                edited.append(result.images.float().cpu())
+                tokens.append([t.cpu() for t in result.tokens])
+            edited = torch.cat(edited)
+            # input | input with the regenerated region darkened | the edits
+            shade = torch.nn.functional.interpolate(keep[None, None], size=image.shape[-2:], mode="nearest")[0]
+            compare = torch.cat([image, image * (0.35 + 0.65 * shade), edited])
+            for target, images in zip(planned, (edited, compare)):
+                save_png(make_grid(images, ncols=len(images)), target)
+            if args.save_tokens:
+                arrays = {f"scale_{k}": torch.cat([t[k] for t in tokens]).numpy() for k in range(len(tokens[0]))}
+                outputs.write_file(planned[2], lambda f: np.savez(f, **arrays, keep_mask=keep.cpu().numpy()))
+            print(f"{path}: {args.mode if args.box is not None else 'mask'} edit, class {label} -> "
+                  f"{', '.join(map(str, planned))}")
     return 0

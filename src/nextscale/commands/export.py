@@ -16,11 +16,29 @@ def add_parser(subparsers) -> None:
     p.add_argument("--tokenizer", default=None,
                    help="the tokenizer the run was trained with (default: the run folder's tokenizer/); it must be "
                         "the same one, checked by hash")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the model an existing OUT holds (a folder with other files is never replaced)")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
-    from nextscale.training.var_trainer import export_checkpoint
-    out = export_checkpoint(args.checkpoint, args.out, args.tokenizer)
-    print(f"wrote {Path(out)} (load it with nextscale.load_var({str(out)!r}))")
+    from nextscale.checkpoints import CONFIG_NAME, TOKENIZER_SUBDIR, WEIGHTS_NAME, save_pretrained
+    from nextscale.commands.common import Outputs
+    from nextscale.training.var_trainer import checkpoint_to_model
+
+    out = Path(args.out)
+    where = f"OUT {args.out}"
+    outputs = Outputs(overwrite=args.overwrite, overwrite_hint=" or pass --overwrite to replace the model it holds")
+    # OUT is written whole and swapped in; an existing OUT may only be a model folder (not a run folder, say).
+    outputs.folder(out, option=where, own=lambda name: name in (CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_SUBDIR))
+    outputs.check()  # before the checkpoint is read
+    with outputs.writing():
+        model = checkpoint_to_model(args.checkpoint, args.tokenizer)
+        tokenizer = getattr(model, "tokenizer", None)
+        tensors = [*model.state_dict().values(), *(tokenizer.state_dict().values() if tokenizer else [])]
+        outputs.require_space(out.parent, sum(t.numel() * t.element_size() for t in tensors) + 65536, where)
+        tmp = outputs.temp_folder(out)
+        save_pretrained(model, tmp)
+        outputs.replace_folder(tmp, out)
+    print(f"wrote {out} (load it with nextscale.load_var({str(out)!r}))")
     return 0

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
+import torch
+from PIL import Image
 
-from nextscale.commands.common import UserError, add_device_args, add_model_args, load_model, resolve_device
-from nextscale.sampling import class_names, parse_classes, resolve_sampling
+from nextscale.commands.common import (Outputs, UserError, add_device_args, add_model_args, check_number, check_seed,
+                                       load_model, parse_class_option, resolve_device)
+from nextscale.sampling import class_names, resolve_sampling
 
 # The sampling defaults and the class parser live in the library, shared with Python and the web app.
 
@@ -36,10 +43,11 @@ def add_sampling_args(parser: argparse.ArgumentParser):
 
 def sampling_settings(args, var) -> dict:
     """cfg/top-k/top-p: the command line, else the model's recommendation, else the published FID ones."""
-    settings = resolve_sampling(var, args.cfg, args.top_k, args.top_p)
-    if getattr(args, "batch_size", 1) < 1:
-        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
-    return settings
+    from nextscale.sampling import MAX_CFG
+    check_number("--cfg", args.cfg, 0, MAX_CFG)
+    check_number("--top-k", args.top_k, 0, integer=True)
+    check_number("--top-p", args.top_p, 0, 1)
+    return resolve_sampling(var, args.cfg, args.top_k, args.top_p)
 
 
 def add_parser(sub) -> None:
@@ -54,12 +62,14 @@ def add_parser(sub) -> None:
                            "all classes). 'null' or the null class id (= number of classes) samples "
                            "unconditionally")
     what.add_argument("--num-per-class", type=int, default=None,
-                      help="images per class (default 8; the FID protocol is 50 per class)")
+                      help=f"images per class (default 8; the FID protocol is 50 per class); at most {MAX_IMAGES} "
+                           f"images in all, written batch by batch")
     what.add_argument("--num-images", type=int, default=None,
-                      help="instead of classes: this many images with uniformly drawn classes")
+                      help=f"instead of classes: this many images (at most {MAX_IMAGES}) with uniformly drawn "
+                           f"classes")
     sampling = add_sampling_args(p)
     # `edit` regenerates each request's images in one batch; only `sample` splits a request into batches.
-    sampling.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
+    sampling.add_argument("--batch-size", type=int, default=16, help=f"images per forward pass, at most {MAX_BATCH} (default 16)")
     add_device_args(p)
     out = p.add_argument_group("output")
     out.add_argument("--out", default="samples", help="output folder (default samples)")
@@ -70,42 +80,106 @@ def add_parser(sub) -> None:
     out.add_argument("--npz", nargs="?", const="samples.npz", default=None, metavar="NAME",
                      help="also write an .npz (arr_0: uint8 N x H x W x 3, labels: int64, class_names: the "
                           "model's class names when it has them) into the output folder (default name samples.npz)")
-    out.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    out.add_argument("--overwrite", action="store_true",
+                     help="replace existing output files; images/ is replaced whole, and only when it holds nothing "
+                          "but what sample writes")
     p.set_defaults(run=run)
 
 
-def _planned_outputs(args, out: Path) -> list[Path]:
-    paths = []
-    if not args.no_grid:
-        paths.append(out / "grid.png")
-    if args.npz:
-        paths.append(out / args.npz)
-    if not args.no_images:
-        paths.append(out / "images")
-    return paths
+# At most this many images per command: memory stays bounded (images go to disk batch by batch), but a
+# request a thousand times the FID protocol's 50,000 is a typo, not a plan.
+MAX_IMAGES = 1_000_000
+MAX_BATCH = 4096  # images per forward pass: the activations of one batch are held at once
+GRID_MAX_PIXELS = 16_000_000  # grid.png shows the first images up to this size (in one row per class)
+IMAGE_NAME = re.compile(r"class\d+_\d+\.png")  # what `sample` writes into images/, besides class_names.json
 
 
-def image_names(labels: list[int]) -> list[str]:
-    """`class{c:03d}_{i:05d}.png`, i counting the images of each class (the convention `nextscale eval` reads)."""
-    seen: dict[int, int] = {}
-    names = []
-    for c in labels:
-        i = seen.get(c, 0)
-        seen[c] = i + 1
-        names.append(f"class{c:03d}_{i:05d}.png")
-    return names
+def _sample_wrote(name: str) -> bool:
+    return bool(IMAGE_NAME.fullmatch(name)) or name == "class_names.json"
+
+
+class ImageNamer:
+    """`class{c:03d}_{i:05d}.png`, i counting the images of each class (the convention `nextscale eval` reads),
+    batch after batch."""
+
+    def __init__(self):
+        self.seen: dict[int, int] = {}
+
+    def __call__(self, labels: list[int]) -> list[str]:
+        names = []
+        for c in labels:
+            i = self.seen.get(c, 0)
+            self.seen[c] = i + 1
+            names.append(f"class{c:03d}_{i:05d}.png")
+        return names
+
+
+class NpzWriter:
+    """An .npz in np.savez's layout (a zip of .npy files, arr_0 first) written batch by batch, so that memory does
+    not grow with the number of images. `finish` adds the small arrays (labels, class names)."""
+
+    def __init__(self, path: Path, count: int, height: int, width: int):
+        self.file = open(path, "wb")
+        self.zip = zipfile.ZipFile(self.file, "w", zipfile.ZIP_STORED, allowZip64=True)
+        self.entry = self.zip.open("arr_0.npy", "w", force_zip64=True)
+        np.lib.format.write_array_header_1_0(self.entry, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
+                                                          "fortran_order": False, "shape": (count, height, width, 3)})
+        self.left = count
+
+    def add(self, images_BHW3: np.ndarray) -> None:
+        if len(images_BHW3) > self.left:
+            raise ValueError(f"{len(images_BHW3)} more images than the {self.left} announced")
+        self.entry.write(np.ascontiguousarray(images_BHW3, dtype=np.uint8).tobytes())
+        self.left -= len(images_BHW3)
+
+    def finish(self, **arrays: np.ndarray) -> None:
+        if self.left:
+            raise ValueError(f"{self.left} announced images were not written")
+        self.entry.close()
+        for name, array in arrays.items():
+            with self.zip.open(f"{name}.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(array), allow_pickle=False)
+        self.zip.close()
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+
+    def close(self) -> None:
+        """After a failure: release the file (the caller removes it)."""
+        for part in (self.entry, self.zip, self.file):  # the zip closes only once its entry is closed
+            with contextlib.suppress(Exception):
+                part.close()
+
+
+def _count(args, classes, var) -> tuple[list[int] | None, int]:
+    """(the labels, or None for --num-images, and the number of images), refused above MAX_IMAGES before any
+    list is built."""
+    if args.num_images is not None:
+        return None, args.num_images
+    per_class = args.num_per_class or 8
+    chosen = classes if classes is not None else list(range(var.num_classes))
+    count = len(chosen) * per_class
+    if count > MAX_IMAGES:
+        raise UserError(f"--num-per-class {per_class} for {len(chosen)} classes is {count} images, more than the "
+                        f"{MAX_IMAGES} one command makes: ask for fewer, or split the classes over several runs "
+                        f"(--class)")
+    return [c for c in chosen for _ in range(per_class)], count
 
 
 def run(args) -> int:
-    import nextscale
-    from nextscale.images import make_grid, save_images, save_png, to_uint8_hwc
+    from tqdm.auto import tqdm
 
-    for name in ("num_per_class", "num_images"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    import nextscale
+    from nextscale.images import make_grid, save_png, to_uint8_hwc
+
+    check_number("--num-per-class", args.num_per_class, 1, MAX_IMAGES, integer=True)
+    check_number("--num-images", args.num_images, 1, MAX_IMAGES, integer=True)
+    check_number("--batch-size", args.batch_size, 1, MAX_BATCH, integer=True)
     if args.num_images is not None and (args.classes or args.num_per_class is not None):
         raise UserError("--num-images draws classes at random: do not combine it with --class or --num-per-class")
+    if args.no_grid and args.no_images and not args.npz:
+        raise UserError("--no-grid and --no-images without --npz leave nothing to write: drop one of them or add "
+                        "--npz")
     if args.npz and not args.npz.endswith(".npz"):
         args.npz += ".npz"
     device = resolve_device(args.device)
@@ -113,45 +187,76 @@ def run(args) -> int:
         raise UserError("--precision float16 needs a GPU; on CPU use float32 (exact), bfloat16 or int8")
     var = load_model(args).to(device)
     settings = sampling_settings(args, var)
-    classes = parse_classes(args.classes, var)
+    classes = parse_class_option(args.classes, var)
+    labels, count = _count(args, classes, var)
+    check_seed("--seed", args.seed, count)
 
-    if args.num_images is not None:
-        labels, count = None, args.num_images
-    else:
-        per_class = args.num_per_class or 8
-        labels = [c for c in (classes if classes is not None else range(var.num_classes)) for _ in range(per_class)]
-        count = len(labels)
+    # Every output checked (and its folder created and probed) before the first image is computed.
+    vae = var.tokenizer
+    height = width = vae.resolution
+    image_bytes = height * width * 3
+    ncols = min(args.num_per_class or 8, count)  # one row per class
+    grid_count = count
+    if count * (height + 2) * (width + 2) > GRID_MAX_PIXELS:
+        grid_count = max(ncols, GRID_MAX_PIXELS // ((height + 2) * (width + 2)) // ncols * ncols)
     out = Path(args.out)
-    existing = [p for p in _planned_outputs(args, out) if p.exists()]
-    if existing and not args.overwrite:
-        raise UserError(f"{', '.join(map(str, existing))} already exist(s): choose another --out or pass --overwrite")
-
-    # Image i uses seed + i (per_image_seeds): the same call reproduces any image of this command in Python.
-    result = nextscale.sample(var, labels, seed=args.seed, per_image_seeds=True, num_samples=count,
-                              batch_size=args.batch_size,
-                              more_smooth=args.more_smooth, progress=True, precision=args.dtype, **settings)
-    images = result.images.float().cpu()
-    labels_list = result.labels.tolist()
-
-    written = []
+    outputs = Outputs(overwrite=args.overwrite)
+    where = f"--out {args.out}"
     if not args.no_grid:
-        ncols = min(args.num_per_class or 8, len(images))  # one row per class
-        written.append(save_png(make_grid(images, ncols=ncols), out / "grid.png"))
-    names = class_names(var)
-    if not args.no_images:
-        save_images(images, out / "images", image_names(labels_list))
-        names_file = out / "images" / "class_names.json"
-        if names:  # `nextscale eval` checks them against its classifier's classes
-            names_file.write_text(json.dumps(names) + "\n")
-        elif names_file.exists():  # --overwrite of another model's samples
-            names_file.unlink()
-        written.append(out / "images")
+        outputs.file(out / "grid.png", grid_count * (height + 2) * (width + 2) * 3, where)
     if args.npz:
-        out.mkdir(parents=True, exist_ok=True)
-        extra = {"class_names": np.array(names)} if names else {}
-        np.savez(out / args.npz, arr_0=to_uint8_hwc(images), labels=np.asarray(labels_list, dtype=np.int64), **extra)
-        written.append(out / args.npz)
-    print(f"{len(images)} images ({images.shape[-1]}x{images.shape[-2]}, cfg {settings['cfg']}, "
-          f"top-k {settings['top_k']}, top-p {settings['top_p']}, seed {args.seed}) -> "
-          + ", ".join(str(p) for p in written))
+        outputs.file(out / args.npz, count * (image_bytes + 8) + 4096, where)
+    if not args.no_images:
+        outputs.folder(out / "images", count * (image_bytes + 200), where, own=_sample_wrote)
+    outputs.check()
+
+    names = class_names(var)
+    batch = args.batch_size
+    starts = range(0, count, batch)
+    with outputs.writing(), tqdm(total=len(starts) * len(var.patch_nums), desc="sampling", unit="scale") as bar:
+        images_dir = outputs.temp_folder(out / "images") if not args.no_images else None
+        npz = None
+        if args.npz:
+            npz_tmp = outputs.temp_file(out / args.npz)
+            npz = NpzWriter(npz_tmp, count, height, width)
+        try:
+            namer, shown, labels_list = ImageNamer(), [], []
+            for start in starts:
+                n = min(batch, count - start)
+                # Image i uses seed + i (per_image_seeds): a batch starting at image `start` is seeded from
+                # seed + start, so each image is the same as in one call for all images, in Python too.
+                result = nextscale.sample(var, labels[start:start + n] if labels is not None else None,
+                                          seed=args.seed + start, per_image_seeds=True, num_samples=n, batch_size=n,
+                                          more_smooth=args.more_smooth, precision=args.dtype,
+                                          on_scale=lambda si, tokens: bar.update(1), **settings)
+                images = result.images.float().cpu()
+                batch_labels = result.labels.tolist()
+                labels_list += batch_labels
+                pixels = to_uint8_hwc(images)
+                if images_dir is not None:
+                    for array, name in zip(pixels, namer(batch_labels)):
+                        Image.fromarray(array).save(images_dir / name, format="PNG")
+                if npz is not None:
+                    npz.add(pixels)
+                if not args.no_grid and len(shown) < grid_count:
+                    shown += images[:grid_count - len(shown)]
+            written = []
+            if not args.no_grid:
+                grid = make_grid(torch.stack(shown), ncols=ncols)
+                save_png(grid, out / "grid.png")
+                written.append(f"{out / 'grid.png'}" + (f" (the first {grid_count})" if grid_count < count else ""))
+            if images_dir is not None:
+                if names:  # `nextscale eval` checks them against its classifier's classes
+                    (images_dir / "class_names.json").write_text(json.dumps(names) + "\n")
+                written.append(str(outputs.replace_folder(images_dir, out / "images")))
+            if npz is not None:
+                extra = {"class_names": np.array(names)} if names else {}
+                npz.finish(labels=np.asarray(labels_list, dtype=np.int64), **extra)
+                written.append(str(outputs.replace_file(npz_tmp, out / args.npz)))
+        except BaseException:
+            if npz is not None:
+                npz.close()
+            raise
+    print(f"{count} images ({width}x{height}, cfg {settings['cfg']}, "
+          f"top-k {settings['top_k']}, top-p {settings['top_p']}, seed {args.seed}) -> " + ", ".join(written))
     return 0
