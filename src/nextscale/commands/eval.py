@@ -6,7 +6,11 @@ import argparse
 import json
 from pathlib import Path
 
-from nextscale.commands.common import UserError
+from nextscale.commands.common import Outputs, UserError, check_number
+from nextscale.sampling import MAX_SEED
+
+MAX_THREADS = 1024
+MAX_BATCH = 100_000
 
 EPILOG = """\
 examples:
@@ -144,20 +148,14 @@ def format_table(results: dict) -> str:
 
 
 def run(args) -> int:
-    import torch
-
     from nextscale.commands.common import resolve_device
-    from nextscale.evaluation.evaluate import classifier_metrics, inception_metrics
-    from nextscale.evaluation.fmnist_classifier import load_classifier
-    from nextscale.evaluation.image_sets import read_image_set, write_npz
-    from nextscale.evaluation.inception import load_inception
 
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    if args.batch_size is not None and args.batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    check_number("--threads", args.threads, 0, MAX_THREADS, integer=True)
+    check_number("--batch-size", args.batch_size, 1, MAX_BATCH, integer=True)
     if min(args.is_splits, args.pr_k, args.floor_draws, args.kid_subsets) < 1 or args.kid_subset_size < 2:
         raise UserError("--is-splits, --pr-k, --floor-draws and --kid-subsets must be >= 1, --kid-subset-size >= 2")
+    # NumPy seeds the draws with seed + d: a negative seed is refused there, after the features are computed.
+    check_number("--seed", args.seed, 0, MAX_SEED - args.floor_draws, integer=True)
     if args.reference and not args.inception_weights:
         raise UserError("--reference is for the Inception metrics: pass --inception-weights too")
     if args.no_classifier and not args.inception_weights:
@@ -165,8 +163,33 @@ def run(args) -> int:
     if args.inception_weights and not Path(args.inception_weights).is_file():
         raise UserError(f"--inception-weights {args.inception_weights}: file not found (the standard FID weights "
                         f"are pytorch-fid's pt_inception-2015-12-05-6726825d.pth)")
+    # The files asked for are checked (their folders created and written to) before any image is read.
+    outputs = Outputs(overwrite=True)  # reports: a rerun replaces them
+    if args.save_npz and not args.save_npz.endswith(".npz"):
+        args.save_npz += ".npz"  # what np.savez would write
+    if args.save_npz:
+        outputs.file(args.save_npz, 0, f"--save-npz {args.save_npz}")
+    if args.json:
+        outputs.file(args.json, 0, f"--json {args.json}")
     device = resolve_device(args.device)
+    outputs.check()
+    with outputs.writing():  # a failure removes the folders the check created for nothing
+        return _evaluate(args, outputs, device)
+
+
+def _evaluate(args, outputs: Outputs, device) -> int:
+    import torch
+
+    from nextscale.evaluation.evaluate import classifier_metrics, inception_metrics
+    from nextscale.evaluation.fmnist_classifier import load_classifier
+    from nextscale.evaluation.image_sets import read_image_set, write_npz
+    from nextscale.evaluation.inception import load_inception
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     samples = read_image_set(args.images)
+    if args.save_npz:
+        outputs.require_space(Path(args.save_npz).parent, samples.images.nbytes + 65536, "--save-npz")
     if len(samples) < 2:
         raise UserError(f"{args.images}: {'holds no images' if not len(samples) else 'only one image'}; "
                         f"a Fréchet distance needs at least 2 (and some hundreds to mean much)")
@@ -203,12 +226,14 @@ def run(args) -> int:
                                                         args.batch_size or 50, args.is_splits, args.pr_k)
     print(format_table(results))
     if args.save_npz:
-        path = write_npz(args.save_npz, samples.images, samples.labels,
-                         stats["mu"] if stats else None, stats["sigma"] if stats else None, samples.class_names)
+        # Through a temp file renamed into place: --save-npz may name the very .npz being evaluated.
+        path = Path(args.save_npz)
+        tmp = outputs.temp_file(path, suffix=".tmp.npz")  # np.savez keeps a name that ends in .npz
+        write_npz(tmp, samples.images, samples.labels,
+                  stats["mu"] if stats else None, stats["sigma"] if stats else None, samples.class_names)
+        outputs.replace_file(tmp, path)
         print(f"wrote {path}")
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"wrote {path}")
+        outputs.write_file(args.json, lambda f: f.write((json.dumps(results, indent=2) + "\n").encode()))
+        print(f"wrote {args.json}")
     return 0

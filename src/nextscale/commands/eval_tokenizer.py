@@ -6,7 +6,12 @@ import argparse
 import json
 from pathlib import Path
 
-from nextscale.commands.common import UserError
+from nextscale.commands.common import Outputs, UserError, check_number
+
+MAX_BATCH = 100_000
+MAX_GRID_IMAGES = 256  # columns of reconstructions.png
+MAX_RESIZE_RATIO = 8.0  # the crop keeps 1/ratio of the shorter side: beyond this there is little image left
+MAX_THREADS = 1024
 
 EPILOG = """\
 examples:
@@ -59,17 +64,32 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     import torch
 
-    import nextscale
     from nextscale.commands.common import resolve_device
+
+    check_number("--batch-size", args.batch_size, 1, MAX_BATCH, integer=True)
+    check_number("--max-images", args.max_images, 1, integer=True)
+    check_number("--grid-images", args.grid_images, 1, MAX_GRID_IMAGES, integer=True)
+    check_number("--resize-ratio", args.resize_ratio, 1, MAX_RESIZE_RATIO)
+    check_number("--threads", args.threads, 0, MAX_THREADS, integer=True)
+    device = resolve_device(args.device)
+    # The two reports are checked (folder created and written to) before the tokenizer is loaded or run.
+    out = Path(args.out)
+    outputs = Outputs(overwrite=True)  # reports: a rerun replaces them
+    outputs.file(out / "metrics.json", 0, f"--out {args.out}")
+    outputs.file(out / "reconstructions.png", 0, f"--out {args.out}")
+    outputs.check()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    with outputs.writing():  # a failure removes a folder the check created for nothing
+        return _evaluate(args, outputs, device)
+
+
+def _evaluate(args, outputs: Outputs, device) -> int:
+    import nextscale
     from nextscale.data.datasets import FashionMNISTDataset, ImageFolderDataset, ImageTransform
     from nextscale.images import make_grid, save_png
     from nextscale.training.tokenizer_eval import evaluate_tokenizer
 
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    if args.batch_size < 1 or (args.max_images is not None and args.max_images < 1):
-        raise UserError("--batch-size and --max-images must be positive")
-    device = resolve_device(args.device)
     vae = nextscale.load_vae(args.tokenizer)  # a run folder stands for its model/
     channels = vae.config.image_channels
     transform = ImageTransform(vae.resolution, train=False, channels=channels, resize_ratio=args.resize_ratio)
@@ -113,7 +133,6 @@ def run(args) -> int:
     result = evaluate_tokenizer(vae, dataset, batch_size=args.batch_size, max_images=args.max_images,
                                 perceptual=perceptual, device=device, grid_images=args.grid_images)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     grid = result.pop("grid")
     grid_png = make_grid(grid, ncols=min(args.grid_images, len(grid) // (len(vae.patch_nums) + 1)))
     zoom = max(1, min(4, 128 // vae.resolution))  # small images (Fashion-MNIST) are shown 4x, pixels kept sharp
@@ -122,7 +141,7 @@ def run(args) -> int:
     result["data"] = data if data != "fashion-mnist" else f"fashion-mnist/{args.split}"
     if perceptual is not None:
         result["lpips_backbone"], result["lpips_heads"] = perceptual.vgg_source, perceptual.heads_source
-    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    outputs.write_file(out / "metrics.json", lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()))
 
     print(f"{result['num_images']} images from {result['data']}, tokenizer {args.tokenizer}")
     print(f"{'scales':>6} {'patch':>5} {'PSNR dB':>8} {'usage':>7}")

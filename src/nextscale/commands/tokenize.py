@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from nextscale.commands.common import UserError, resolve_device
+from nextscale.commands.common import Outputs, UserError, check_number, resolve_device
 from nextscale.data.datasets import IMAGE_FOLDER_CONVENTION
 
 EPILOG = """\
@@ -39,7 +39,7 @@ def add_parser(subparsers) -> None:
                    help="which split to encode (test: Fashion-MNIST's test split, data.eval_path or the data.eval_fraction "
                         "held out of an image folder; default train)")
     p.add_argument("--batch-size", type=int, default=64, help="images per encoder pass (default 64)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing cache folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing cache folder (never a folder holding other files)")
     p.add_argument("--device", default=None, help="torch device for the encoder (default: cuda when available)")
     p.set_defaults(run=run)
 
@@ -49,11 +49,10 @@ def run(args) -> int:
 
     from nextscale.commands.train import split_config_and_overrides
     from nextscale.data.datasets import build_dataset
-    from nextscale.training.token_cache import build_token_cache
+    from nextscale.training.token_cache import build_token_cache, token_dtype
     from nextscale.training.config import config_to_dict
     from nextscale.training.var_trainer import config_from, load_tokenizer
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    check_number("--batch-size", args.batch_size, 1, MAX_BATCH, integer=True)
     config, overrides = split_config_and_overrides(args)
     cfg = config_from(config, overrides) if config else config_from({}, overrides)
     out_path = args.out or cfg.token_cache
@@ -78,6 +77,13 @@ def run(args) -> int:
             print(f"{out_path} is up to date (the same tokenizer, images and settings): nothing to do")
             return 0
         raise UserError(f"{out_path} already exists and {reason}: pass --overwrite to replace it, or another --out")
+    # Before encoding: the cache's place can be written, has room, and replacing it (--overwrite) deletes only a
+    # token cache, never a folder with other files (an --out mistyped as runs/, say).
+    outputs = Outputs(overwrite=True)
+    L = sum(pn * pn for pn in vae.patch_nums)
+    size = len(dataset) * (L * (2 if flip else 1) * token_dtype(vae.vocab_size).itemsize + 8) + 65536
+    outputs.folder(out_path, size, f"--out {out_path}", own=lambda name: name in CACHE_FILES)
+    outputs.check()
     with torch.inference_mode():
         out = build_token_cache(vae, loader, len(dataset), out_path, flip=flip, source=source,
                                 overwrite=args.overwrite, device=device, classes=list(dataset.classes), data=data)
@@ -87,6 +93,8 @@ def run(args) -> int:
     return 0
 
 
+MAX_BATCH = 100_000
+CACHE_FILES = ("tokens.npy", "tokens_flip.npy", "labels.npy", "header.json")  # what build_token_cache writes
 IGNORED_DATA_KEYS = ("num_workers", "verify")  # settings that do not change the tokens
 
 

@@ -35,6 +35,31 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    from pathlib import Path
+
+    from nextscale.commands.common import Outputs, check_number
     from nextscale.evaluation.train_classifier import train
-    train(args)
+    from nextscale.sampling import MAX_SEED
+
+    # Numbers the training would take badly, refused before the images are read: a NaN or negative learning rate
+    # trains nothing (or fails in the optimizer), dropout 1.5 fails when the model is built, a seed torch cannot
+    # take fails without naming the option.
+    check_number("--lr", args.lr, 0, 10, low_open=True)
+    check_number("--weight-decay", args.weight_decay, 0, 10)
+    check_number("--dropout", args.dropout, 0, 1, high_open=True)
+    check_number("--seed", args.seed, 0, MAX_SEED, integer=True)
+    check_number("--holdout-seed", args.holdout_seed, 0, 2**32 - 1, integer=True)  # NumPy's seeding
+    check_number("--threads", args.threads, 0, 1024, integer=True)
+    check_number("--resolution", args.resolution, 1, 4096, integer=True)
+    for width in args.widths or []:
+        check_number("--widths", width, 1, 4096, integer=True)
+    # Its folder: writable, before the training (not found out after it); the files in it are replaced.
+    out = args.out or ("fashion_mnist_classifier" if args.data is None else
+                       f"classifier_{Path(args.data).resolve().name}")
+    outputs = Outputs(overwrite=True)
+    for name in ("config.json", "model.safetensors", "train_log.json"):
+        outputs.file(Path(out) / name, 0, f"--out {out}")
+    outputs.check()
+    with outputs.writing():  # a failure removes a folder the check created for nothing
+        train(args)
     return 0
