@@ -21,7 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from urllib.parse import parse_qs, urlsplit
 
-from nextscale.serve.inputs import RequestError
+from nextscale.serve.inputs import RequestError, parse_json
 from nextscale.serve.jobs import JobQueue, QueueFull
 from nextscale.serve.work import ModelRunner
 
@@ -121,14 +121,7 @@ class Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length)
 
     def read_json(self, limit: int, hint: str = "") -> dict:
-        raw = self.read_body(limit, hint)
-        try:
-            body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise RequestError(f"the request body is not valid JSON: {e}") from None
-        if not isinstance(body, dict):
-            raise RequestError("the request body must be a JSON object")
-        return body
+        return parse_json(self.read_body(limit, hint))
 
     def do_GET(self) -> None:
         url = urlsplit(self.path)

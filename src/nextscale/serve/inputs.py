@@ -1,4 +1,5 @@
-"""Reading what a client sends: numbers within bounds, and images within size limits.
+"""Reading what a client sends: JSON within depth and number-size limits, numbers within bounds, and
+images within size limits.
 
 Every problem raises RequestError with a message for the page; the HTTP layer answers it with the
 error's status (400 unless said otherwise) and never with a traceback.
@@ -9,12 +10,19 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import json
 import math
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from nextscale.images import ImageReadError, ImageTooLargeError, open_image
 
 # Formats Pillow may decode for us; others (EPS runs Ghostscript, for one) are refused.
 IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP")
+# The API's bodies are two levels deep (an object holding the box list): deeper nesting is refused before it can
+# exhaust the parser's recursion, and longer numbers before int() refuses them (Python 3.11+) or float() overflows.
+MAX_JSON_DEPTH = 8
+MAX_NUMBER_CHARS = 40
 
 
 class RequestError(ValueError):
@@ -23,54 +31,102 @@ class RequestError(ValueError):
         self.status = status
 
 
+def shown(value, limit: int = 40, quoted: bool = True) -> str:
+    """repr(value) (or str) for a message, cut short: a client's 5000-character value is not echoed whole."""
+    text = repr(value) if quoted else str(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _limited_number(text: str):
+    if len(text) > MAX_NUMBER_CHARS:
+        raise RequestError(f"a number in the request has {len(text)} characters; at most {MAX_NUMBER_CHARS} are "
+                           f"accepted")
+    return float(text) if any(c in text for c in ".eE") else int(text)
+
+
+def parse_json(raw: bytes) -> dict:
+    """A request body -> its JSON object; RequestError for invalid JSON, deep nesting and overlong numbers."""
+    try:
+        body = json.loads(raw, parse_int=_limited_number, parse_float=_limited_number)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RequestError(f"the request body is not valid JSON: {e}") from None
+    except RecursionError:
+        body = None  # nested deeper than the parser goes: refused below with the limit
+        depth = MAX_JSON_DEPTH + 1
+    else:
+        depth, stack = 0, [(body, 1)]  # iterative: the check itself must not recurse
+        while stack and depth <= MAX_JSON_DEPTH:
+            value, level = stack.pop()
+            if isinstance(value, (dict, list)):
+                depth = max(depth, level)
+                stack.extend((v, level + 1) for v in (value.values() if isinstance(value, dict) else value))
+    if depth > MAX_JSON_DEPTH:
+        raise RequestError(f"the request body is nested more than {MAX_JSON_DEPTH} levels deep: send the "
+                           f"settings as one JSON object")
+    if not isinstance(body, dict):
+        raise RequestError("the request body must be a JSON object")
+    return body
+
+
 def _missing(value) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
-def _number(body: dict, name: str, what: str) -> float | None:
-    """The field as a float (a JSON number or a numeric string), None when absent or blank."""
+def _number(body: dict, name: str, what: str) -> int | float | None:
+    """The field as a number (a JSON number or a numeric string of ASCII digits), None when absent or blank.
+    Whole numbers stay ints, so that bounds near 2**63 are compared exactly."""
     value = body.get(name)
     if _missing(value):
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise RequestError(f"{name} must be {what}, got {value!r}")
-    try:
-        return float(value)
-    except ValueError:
-        raise RequestError(f"{name} must be {what}, got {value!r}") from None
+        raise RequestError(f"{name} must be {what}, got {shown(value)}")
+    if isinstance(value, str):
+        text = value.strip()
+        # float() and int() also read other scripts' digits ("٣"); int("²") raises: only ASCII is a number here
+        if len(text) > MAX_NUMBER_CHARS or not text.isascii():
+            raise RequestError(f"{name} must be {what}, got {shown(value)}")
+        try:
+            return int(text) if text.lstrip("+-").isdigit() else float(text)
+        except ValueError:
+            raise RequestError(f"{name} must be {what}, got {shown(value)}") from None
+    return value
 
 
 def get_int(body: dict, name: str, default: int, lo: int, hi: int) -> int:
     number = _number(body, name, "a whole number")
     if number is None:
         return default
-    if not number.is_integer():
-        raise RequestError(f"{name} must be a whole number, got {body[name]!r}")
+    if isinstance(number, float):
+        if not number.is_integer():  # also inf and nan
+            raise RequestError(f"{name} must be a whole number, got {shown(body[name])}")
+        number = int(number)
     if not lo <= number <= hi:
-        raise RequestError(f"{name} must be between {lo} and {hi}, got {int(number)}")
-    return int(number)
+        raise RequestError(f"{name} must be between {lo} and {hi}, got {shown(number)}")
+    return number
 
 
 def get_float(body: dict, name: str, default: float, lo: float, hi: float) -> float:
     number = _number(body, name, "a number")
     if number is None:
         return default
+    number = float(number)  # a JSON int has at most MAX_NUMBER_CHARS digits: no overflow
     if not (math.isfinite(number) and lo <= number <= hi):
-        raise RequestError(f"{name} must be a number between {lo:g} and {hi:g}, got {body[name]}")
+        raise RequestError(f"{name} must be a number between {lo:g} and {hi:g}, "
+                           f"got {shown(body[name], quoted=False)}")
     return number
 
 
 def get_bool(body: dict, name: str, default: bool = False) -> bool:
     value = body.get(name, default)
     if not isinstance(value, bool):
-        raise RequestError(f"{name} must be true or false, got {value!r}")
+        raise RequestError(f"{name} must be true or false, got {shown(value)}")
     return value
 
 
 def get_choice(body: dict, name: str, choices: tuple[str, ...]) -> str:
     value = body.get(name)
     if value not in choices:
-        raise RequestError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        raise RequestError(f"{name} must be one of {', '.join(choices)}, got {shown(value)}")
     return value
 
 
@@ -90,20 +146,11 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
     if not data:
         raise RequestError("the upload is empty: choose an image file")
     try:
-        im = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)  # reads the header only
-        width, height = im.size
-        if width * height > max_pixels:
-            raise RequestError(f"the image is {width}x{height} = {width * height / 1e6:.1f} megapixels; the limit is "
-                               f"{max_pixels / 1e6:g} megapixels (the server's --max-pixels)", status=413)
-        im.load()
-    except (UnidentifiedImageError, Image.DecompressionBombError):
-        raise RequestError(f"this file is not an image that can be read here (accepted: "
-                           f"{', '.join(IMAGE_FORMATS)})") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        if isinstance(e, RequestError):
-            raise
-        raise RequestError(f"the image file is damaged or truncated: {e}") from None
-    return im
+        return open_image(data, max_pixels, formats=IMAGE_FORMATS)  # the size is checked from the header first
+    except ImageTooLargeError as e:
+        raise RequestError(f"{e} (the server's --max-pixels)", status=413) from None
+    except ImageReadError as e:
+        raise RequestError(str(e)) from None
 
 
 def decode_data_url(text) -> bytes:

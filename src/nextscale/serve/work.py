@@ -13,7 +13,7 @@ from nextscale.editing import inpaint_keep_mask, outpaint_keep_mask, shade_regen
 from nextscale.images import make_grid, pil_to_tensor, to_model_input, to_uint8_hwc
 from nextscale.sampling import class_id, class_names, precision_context, recommended_sampling
 from nextscale.serve.inputs import (RequestError, decode_data_url, decode_image, get_bool, get_box, get_choice,
-                                    get_float, get_int, png_data_url)
+                                    get_float, get_int, png_data_url, shown)
 from nextscale.serve.jobs import Job
 
 MAX_SEED = 2**63 - 1
@@ -59,6 +59,9 @@ class ModelRunner:
         """A class name or id, 'unconditional' (the null class), or 'random' (None)."""
         if value is None or str(value).strip().lower() in ("", "random"):
             return None
+        text = str(value).strip()
+        if text.lstrip("+-").isdigit() and not text.isascii():  # "²" is a digit to Python, and int() refuses it
+            raise RequestError(f"class must be a class name or an id in the digits 0-9, got {shown(value)}")
         try:
             return class_id(str(value), self.var)
         except ValueError as e:
