@@ -287,3 +287,21 @@ def test_an_interrupted_export_leaves_no_half_written_model(run_dir, tmp_path, m
     monkeypatch.setattr(checkpoints, "save_pretrained", interrupted)
     assert main(["export", str(run_dir), str(tmp_path / "model")]) == 130
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_outputs_written_through_temp_files_keep_the_usual_permissions(run_dir, tmp_path):
+    """Temp files and folders are made private (0600 / 0700), as are safetensors files; renamed into place they
+    must not stay so."""
+    mask = os.umask(0o022)
+    try:
+        assert main(["export", str(run_dir), str(tmp_path / "model")]) == 0
+        assert main(["sample", "--model", str(tmp_path / "model"), "--class", "1", "--num-per-class", "1", "--npz",
+                     "--out", str(tmp_path / "s")]) == 0
+    finally:
+        os.umask(mask)
+    modes = {p.relative_to(tmp_path).as_posix(): p.stat().st_mode & 0o777
+             for p in [*(tmp_path / "model").rglob("*"), *(tmp_path / "s").rglob("*"), tmp_path / "model",
+                       tmp_path / "s" / "images"]}
+    assert {name: mode for name, mode in modes.items() if mode != (0o755 if (tmp_path / name).is_dir() else 0o644)} \
+        == {}

@@ -360,6 +360,8 @@ def _refuse_mismatch(own: Mapping[str, torch.Tensor], sd: Mapping[str, torch.Ten
 # ---------------------------------------------------------------------------------------- our format
 def save_pretrained(model: VQVAE | VAR, folder: str | os.PathLike) -> Path:
     """Write `config.json` + `model.safetensors` (and the attached tokenizer of a VAR in `tokenizer/`)."""
+    from nextscale.images import default_permissions
+    from nextscale.training.checkpointing import atomic_write_bytes
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     kind = model.model_type
@@ -369,14 +371,15 @@ def save_pretrained(model: VQVAE | VAR, folder: str | os.PathLike) -> Path:
     tmp = folder / f".{WEIGHTS_NAME}.{os.getpid()}.tmp"
     try:
         save_file(sd, str(tmp), metadata={"format": "pt", "model_type": kind})
+        default_permissions(tmp)  # safetensors makes its files private (0600); a model folder is for sharing
         os.replace(tmp, folder / WEIGHTS_NAME)
     finally:
         if tmp.exists():
             tmp.unlink()
-    from nextscale.training.checkpointing import atomic_write_bytes
     atomic_write_bytes(folder / CONFIG_NAME, (json.dumps({"model_type": kind, "config": model.config.to_dict(),
                                                           **getattr(model, "extra_config", {})}, indent=2)
                                               + "\n").encode())
+    default_permissions(folder / CONFIG_NAME)
     tokenizer = getattr(model, "tokenizer", None)
     if kind != "vqvae" and tokenizer is not None:
         save_pretrained(tokenizer, folder / TOKENIZER_SUBDIR)
