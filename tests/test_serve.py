@@ -285,7 +285,10 @@ def test_serve_command_starts_answers_and_stops(tmp_path, stop_signal):
             assert b"<script src=\"/static/app.js\">" in page.read()
     finally:
         process.send_signal(stop_signal)  # both stop it cleanly (SIGTERM: what a service manager sends)
-        assert process.wait(timeout=30) == 0
+        # about 2 s on an idle machine; generous where training runs share the processor
+        code = process.wait(timeout=120)
+        err = process.stderr.read()
+        assert code == 0 and "terminate called" not in err, err  # once an abort at exit, exit -6
         assert "stopped" in process.stdout.read()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import signal
 import sys
 
@@ -53,11 +54,8 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
 def run(args) -> int:
+    """Serve until Ctrl-C or SIGTERM; then the process exits (os._exit), 0 after a clean stop."""
     from nextscale.serve import ModelRunner, make_server
 
     for name in ("time_limit", "max_upload_mb", "max_pixels"):
@@ -83,16 +81,36 @@ def run(args) -> int:
     if not is_loopback(args.host):
         print(f"warning: listening on {args.host}, not only on this machine: anyone who can reach it can use the "
               f"app (there is no login). Use --host 127.0.0.1 to keep it local.", file=sys.stderr)
+    # Ctrl-C, and SIGTERM from a service manager (systemd, docker stop): the running job ends at its next scale,
+    # waiting ones are told, then the process exits 0. A second signal quits at once.
+    signals = 0
+
+    def on_signal(signum, frame) -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            os.write(1, b"stopping: the running job ends after its current scale (Ctrl-C again quits at once)\n")
+            server.request_stop()  # only sets a flag: a handler must not take locks the main thread may hold
+        else:
+            os.write(2, b"quitting at once: the running job is abandoned\n")
+            os._exit(1)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"nextscale serve: {name} on {device}; open http://{host}:{server.server_port}/ (Ctrl-C stops)",
           flush=True)
-    # A service manager (systemd, docker stop) sends SIGTERM: stop as cleanly as on Ctrl-C.
-    signal.signal(signal.SIGTERM, _interrupt)
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        print("stopped")
+        server.serve_forever(poll_interval=0.2)  # the poll interval is how soon a stop request is seen
     finally:
-        server.server_close()
-        server.app.jobs.stop()
-    return 0
+        server.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    stopped = server.app.jobs.join(0)
+    if not stopped:
+        print("the running job did not reach the end of its scale in time: quitting without it", file=sys.stderr)
+    print("stopped", flush=True)
+    sys.stderr.flush()
+    # Leave without the interpreter's teardown: it races the threads that ran torch, whose thread-local destructors
+    # need the GIL the teardown holds, and the process aborts ("terminate called without an active exception",
+    # exit -6); it also spends a second collecting garbage. Everything is closed and flushed by now.
+    os._exit(0 if stopped else 1)

@@ -3,7 +3,8 @@
 A job is a function `work(job)` that reports each finished scale with `job.add_scale(...)` and sets
 `job.result`. The time limit counts from the moment a job starts running (not while it waits) and is
 checked by `add_scale`, that is between scales: a scale that has started finishes first, so a job
-may run over the limit by the time of one scale (and of decoding).
+may run over the limit by the time of one scale (and of decoding). A stop of the server is checked
+there too: the running job ends at its next scale, the waiting ones are answered without running.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from typing import Callable
 
 
 class QueueFull(Exception):
-    """Too many jobs are waiting already."""
+    """Too many jobs are waiting already, or the server is stopping: no new job is taken."""
 
 
 class TimeLimitExceeded(Exception):
-    """A job ran past the per-request time limit."""
+    """A job ran past the per-request time limit, or the server is stopping."""
 
 
 class Job:
@@ -37,11 +38,17 @@ class Job:
         self.error: str | None = None
         self.time_limit = time_limit  # seconds from `started`
         self.started = self.finished = None
+        self.stop_reason: str | None = None  # set when the server stops: the job ends at its next scale
 
     def add_scale(self, entry: dict) -> None:
-        """Record a finished scale; raise TimeLimitExceeded past the deadline."""
+        """Record a finished scale; raise TimeLimitExceeded past the deadline or when the server stops."""
         self.scales.append(entry)
-        if time.monotonic() - self.started > self.time_limit and len(self.scales) < self.num_scales:
+        if len(self.scales) == self.num_scales:
+            return
+        if self.stop_reason is not None:
+            raise TimeLimitExceeded(f"stopped after scale {len(self.scales)} of {self.num_scales}: "
+                                    f"{self.stop_reason}")
+        if time.monotonic() - self.started > self.time_limit:
             raise TimeLimitExceeded(f"stopped after scale {len(self.scales)} of {self.num_scales}: the time limit "
                                     f"of {self.time_limit:g} s per request was reached (the server's --time-limit)")
 
@@ -55,14 +62,18 @@ class JobQueue:
         self.waiting: deque[Job] = deque()
         self.cond = threading.Condition()
         self.thread: threading.Thread | None = None
-        self.stopping = False
+        self.running: Job | None = None
+        self.stopping: str | None = None  # why no more jobs are taken
+        self.unread: set[str] = set()  # jobs a stop ended whose clients have not yet read how
 
     def submit(self, kind: str, work: Callable[[Job], None], num_scales: int) -> Job:
         job = Job(kind, work, num_scales, self.time_limit)
         with self.cond:
+            if self.stopping:
+                raise QueueFull(f"the server is {self.stopping}: no new request is taken")
             if len(self.waiting) >= self.max_waiting:
-                raise QueueFull(f"{len(self.waiting)} requests are already waiting (the server's --max-queue): "
-                                f"try again when one has finished")
+                raise QueueFull(f"the server is busy: {len(self.waiting)} requests are already waiting (the "
+                                f"server's --max-queue): try again when one has finished")
             self.jobs[job.id] = job
             self.waiting.append(job)
             self._forget_old()
@@ -81,6 +92,8 @@ class JobQueue:
             if job is None:
                 return None
             position = next((i + 1 for i, j in enumerate(self.waiting) if j is job), 0)
+            if job.status in ("done", "error"):
+                self.unread.discard(job.id)
             seconds = None if job.started is None else round((job.finished or time.monotonic()) - job.started, 2)
             return {"id": job.id, "kind": job.kind, "status": job.status, "position": position,
                     "scales_done": len(job.scales), "num_scales": job.num_scales,
@@ -93,13 +106,31 @@ class JobQueue:
             self.thread = threading.Thread(target=self._run, name="nextscale-worker", daemon=True)
             self.thread.start()
 
-    def stop(self, wait: bool = False) -> None:
-        """Stop taking jobs; with `wait`, also wait for the running one to finish."""
+    def stop(self, reason: str = "stopping") -> None:
+        """Take no more jobs; answer the waiting ones without running them; end the running one at its next
+        scale. `reason` completes "the server is ..." in the messages."""
         with self.cond:
-            self.stopping = True
+            if self.stopping:
+                return
+            self.stopping = reason
+            now = time.monotonic()
+            for job in self.waiting:
+                job.status, job.work, job.finished = "error", None, now
+                job.error = f"the server is {reason}: this request was not run; send it again once it is back"
+                self.unread.add(job.id)
+            self.waiting.clear()
+            if self.running is not None:
+                self.running.stop_reason = f"the server is {reason}"
+                self.unread.add(self.running.id)
             self.cond.notify_all()
-        if wait and self.thread is not None:
-            self.thread.join()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the worker to end (after stop: the running job's scale under way finishes first);
+        -> whether it has."""
+        if self.thread is not None:
+            self.thread.join(timeout)
+            return not self.thread.is_alive()
+        return True
 
     def _run(self) -> None:
         while True:
@@ -111,6 +142,7 @@ class JobQueue:
                 job = self.waiting.popleft()
                 job.status = "running"
                 job.started = time.monotonic()
+                self.running = job
             try:
                 job.work(job)
                 status, error = "done", None
@@ -123,3 +155,4 @@ class JobQueue:
                 job.status, job.error = status, error
                 job.work = None  # frees the request's inputs
                 job.finished = time.monotonic()
+                self.running = None

@@ -6,6 +6,8 @@ waiting in the queue); what runs later in the worker is the returned `work(job)`
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
 
 import nextscale
@@ -19,6 +21,10 @@ from nextscale.serve.jobs import Job
 MAX_SEED = 2**63 - 1
 MAX_CFG = 100.0
 EDIT_MODES = ("inpaint", "outpaint", "class")
+# Uploads are decoded one at a time, in one thread: a 16-megapixel image costs about 0.5 GB while it is decoded and
+# converted, and each request thread doing it would keep its own malloc arena of freed memory. A request waits up to
+# DECODE_WAIT seconds for its turn.
+DECODE_WAIT = 30.0
 
 
 def data_urls(images_BCHW: torch.Tensor) -> list[str]:
@@ -40,6 +46,20 @@ class ModelRunner:
         self.max_pixels = max_pixels
         self.class_names = class_names(var)
         self.defaults = recommended_sampling(var)  # the defaults of nextscale.sample and `nextscale sample`
+        self.decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nextscale-decode")
+        self.decode_wait = DECODE_WAIT
+
+    def decoded(self, fn, *args):
+        """fn(*args) (decoding an upload) run on the decoding thread, after those before it; RequestError (503)
+        when its turn does not come within decode_wait seconds."""
+        future = self.decoder.submit(fn, *args)
+        try:
+            return future.result(timeout=self.decode_wait)
+        except TimeoutError:
+            if not future.cancel():  # it has started meanwhile: let it finish
+                return future.result()
+            raise RequestError(f"the server is busy decoding other uploads (for over {self.decode_wait:g} s): "
+                               f"try again in a moment", status=503) from None
 
     def info(self) -> dict:
         return {"model": self.name, "resolution": self.vae.resolution, "patch_nums": list(self.var.patch_nums),
@@ -68,10 +88,12 @@ class ModelRunner:
             raise RequestError(str(e)) from None
 
     def image(self, data: bytes) -> torch.Tensor:
-        """Image file bytes -> (1, C, res, res) in [0, 1], resized and center-cropped as the model sees it."""
-        im = decode_image(data, self.max_upload_bytes, self.max_pixels)
+        """Image file bytes -> (1, C, res, res) in [0, 1], resized and center-cropped as the model sees it.
+        Requests call it through `decoded`."""
         channels = self.vae.config.image_channels
-        return to_model_input([pil_to_tensor(im, channels)], self.vae.resolution, channels)
+        # the full-size image and its float copy are dropped on return: only the model-size one is kept
+        return to_model_input([pil_to_tensor(decode_image(data, self.max_upload_bytes, self.max_pixels), channels)],
+                              self.vae.resolution, channels)
 
     # ---- the work ----
     def _scale_reporter(self, job: Job):
@@ -122,7 +144,8 @@ class ModelRunner:
             raise RequestError("a class edit needs a class: choose which class the box should become")
         if label is None:
             label = self.var.num_classes  # in-/out-painting: unconditional unless a class is chosen
-        image = self.image(decode_data_url(body.get("image")))
+        # the work keeps this model-size image, not the upload, while it waits
+        image = self.decoded(self.image, decode_data_url(body.get("image")))
         grid = self.var.patch_nums[-1]
         try:
             keep = (outpaint_keep_mask if mode == "outpaint" else inpaint_keep_mask)(get_box(body), grid)
@@ -144,5 +167,4 @@ class ModelRunner:
 
     def prepare_image(self, data: bytes) -> dict:
         """An uploaded file as the model will see it (what the page shows for drawing the box)."""
-        image = self.image(data)
-        return {"image": data_urls(image)[0], "resolution": self.vae.resolution}
+        return {"image": self.decoded(lambda: data_urls(self.image(data))[0]), "resolution": self.vae.resolution}
