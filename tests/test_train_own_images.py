@@ -102,7 +102,7 @@ def test_every_recipe_uses_the_new_keys(capsys):
         assert data["data"]["kind"] == "auto", path
         assert "export" not in str(data.get("tokenizer")), path
     fmnist = yaml.safe_load((ROOT / "configs" / "var_fashion_mnist.yaml").read_text())
-    assert fmnist["tokenizer"] == "runs/tokenizer_fmnist" and fmnist["token_cache"] == "runs/cache_fmnist_train"
+    assert fmnist["tokenizer"] == "runs/tokenizer_fmnist_phase2" and fmnist["token_cache"] == "runs/cache_fmnist_train"
 
 
 def test_fashion_mnist_kind_with_an_image_folder_says_what_to_set(workspace, capsys):

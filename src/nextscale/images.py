@@ -53,10 +53,10 @@ def open_image(source: str | os.PathLike | bytes, max_pixels: int | None = DEFAU
     except ImageReadError:
         raise
     except UnidentifiedImageError:
-        raise ImageReadError(f"{name} is not an image that can be read here"
+        raise ImageReadError(f"cannot read image {name}: not an image that can be read here"
                              + (f" (accepted: {', '.join(formats)})" if formats else "")) from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise ImageReadError(f"cannot read {name}: it is damaged or truncated ({e})") from None
+        raise ImageReadError(f"cannot read image {name}: it is damaged or truncated ({e})") from None
 
 
 def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
