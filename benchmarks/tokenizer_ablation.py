@@ -202,7 +202,8 @@ def main() -> None:
                    help="test images for PSNR, SSIM and codebook use (default 2000; 10000: the whole split, ~3 min "
                         "a row on 2 cores)")
     p.add_argument("--init", default=None,
-                   help="a tokenizer every row starts from (a folder; 'shipped': the shipped Fashion-MNIST tokenizer).\n"
+                   help="a tokenizer every row starts from (a folder; 'shipped': the shipped Fashion-MNIST tokenizer, phase 2\n"
+                        "since the model was retrained on it; the documented run started from phase 1).\n"
                         "Without it every row trains from scratch. With it the rows compare what the extra budget buys\n"
                         "with each loss, the GAN on from the first step, and the start is scored as a row of its own")
     p.add_argument("--perceptual-weight", type=float, default=0.1,
