@@ -131,7 +131,9 @@ def reconstruct(vae, images_uint8_NHW: np.ndarray, batch_size: int = 250) -> np.
     return np.concatenate(out)
 
 
-def evaluate_rows(out: Path, trained: dict, num_images: int, test_images: int, seed: int, init: str | None) -> dict:
+def evaluate_rows(out: Path, trained: dict, num_images: int, test_images: int, seed: int, init: str | None,
+                  extra: dict[str, str] | None = None) -> dict:
+    """Scores the start (init), the trained rows and `extra` ({name: tokenizer folder}, scored as they are)."""
     import nextscale
     from nextscale.data.datasets import DataConfig, build_dataset
     from nextscale.data.fashion_mnist import CLASS_NAMES, load_fashion_mnist
@@ -151,6 +153,7 @@ def evaluate_rows(out: Path, trained: dict, num_images: int, test_images: int, s
     grids, labels = [], []
     models = {START_ROW: (init, None)} if init else {}
     models.update({name: (out / slug(name) / "train", summary) for name, summary in trained.items()})
+    models.update({name: (path, None) for name, path in (extra or {}).items()})
     for name, (path, summary) in models.items():
         vae = nextscale.load_vae(path)
         recon = evaluate_tokenizer(vae, test_set, batch_size=250, max_images=test_images, grid_images=8)
@@ -174,7 +177,7 @@ def table(results: dict) -> str:
     for name, r in results.items():
         c = r["classifier"]
         kid = f"{c['kid']:.3f}" if "kid" in c else ""
-        if name == "real images" or r.get("train") is None:  # the floor, and the --init start (not trained here)
+        if name == "real images" or r.get("train") is None:  # the floor, the --init start and --score rows
             if name != "real images":
                 usage = ", ".join(f"{u:.0%}" for u in r["usage_per_scale"])
                 lines.append(f"| {name} | | | {r['psnr']:.2f} | {r['ssim']:.3f} | {c['class_accuracy']:.3f} | "
@@ -211,6 +214,9 @@ def main() -> None:
     p.add_argument("--gan-weight", type=float, default=0.1,
                    help="weight of the GAN term, times VQGAN's adaptive weight (default 0.1; LlamaGen uses 0.5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the scored images and the floor draws (default 0)")
+    p.add_argument("--score", nargs="+", metavar="NAME=FOLDER", default=None,
+                   help="score these tokenizers (train-tokenizer run or model folders) beside --init, training nothing:\n"
+                        "e.g. a row continued for longer with `nextscale train-tokenizer`")
     args = p.parse_args()
     if args.minutes <= 0 or args.num_images < 2 or args.global_batch < 1 or args.test_images < 1:
         p.error("--minutes must be > 0, --num-images >= 2, --global-batch and --test-images >= 1")
@@ -219,12 +225,21 @@ def main() -> None:
     init = str(SHIPPED_TOKENIZER) if args.init == "shipped" else args.init
     if init and not Path(init).is_dir():
         p.error(f"--init {args.init}: no such tokenizer folder")
+    extra = {}
+    for item in args.score or []:
+        name, sep, folder = item.partition("=")
+        if not (sep and name and Path(folder).is_dir()):
+            p.error(f"--score {item}: expected NAME=FOLDER with an existing tokenizer folder")
+        extra[name] = folder
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = make_rows(args.perceptual_weight, args.gan_weight)
-    trained = train_rows(out, rows, args.minutes, args.global_batch, init)
+    if extra:
+        trained = {}
+    else:
+        trained = train_rows(out, make_rows(args.perceptual_weight, args.gan_weight), args.minutes,
+                             args.global_batch, init)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    results = evaluate_rows(out, trained, args.num_images, args.test_images, args.seed, init)
+    results = evaluate_rows(out, trained, args.num_images, args.test_images, args.seed, init, extra)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
     text = table(results)
     (out / "table.md").write_text(text + "\n")
