@@ -4,6 +4,7 @@ counts), seeds, classes, a scale schedule the model does not have, boxes that re
 large to decode."""
 
 import json
+import re
 import struct
 import zlib
 
@@ -185,6 +186,31 @@ def test_the_python_api_refuses_the_same_values(model_dir):
         nextscale.sample(var, [1, 2], seed=2**63 - 1, per_image_seeds=True)
     with pytest.raises(ValueError, match="unknown class '²'"):
         nextscale.sample(var, ["²"], seed=0)
+
+
+OTHER_DIGITS = ["²", "+²", "½", "１", "١", "𝟙"]  # str.isdigit() or isnumeric() holds; int() reads the last three
+
+
+@pytest.mark.parametrize("value", OTHER_DIGITS)
+def test_class_ids_in_other_digits_are_refused_naming_the_value(value, model_dir, tmp_path, capsys, no_work):
+    """'²' passed str.isdigit() and failed int() ("invalid literal for int() with base 10"); '１' and '١' were read
+    as class 1. Only the digits 0-9 make a class id, as in the web app; the message says so."""
+    refused(["sample", "--model", model_dir, "--class", value, "--out", tmp_path / "o"], capsys,
+            f"--class: unknown class {value!r} (class ids are written in the digits 0-9)")
+    refused(["sample", "--model", model_dir, "--class", f"c1,{value}", "--out", tmp_path / "o"], capsys,
+            f"--class: unknown class {value!r} (class ids are written in the digits 0-9)")
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_python_api_refuses_class_ids_in_other_digits(model_dir):
+    var = nextscale.load_var(model_dir)
+    for value in OTHER_DIGITS:
+        message = re.escape(f"unknown class {value!r} (class ids are written in the digits 0-9)")
+        with pytest.raises(ValueError, match=message):
+            nextscale.sample(var, [value], seed=0)
+        with pytest.raises(ValueError, match=message):
+            nextscale.sample(var, f"c1,{value}", seed=0)
+    assert nextscale.sampling.parse_classes(["3", "+4", " 5 "], var) == [3, 4, 5]  # ASCII ids still read
 
 
 # ---------------------------------------------------------------------------------------- edit
