@@ -269,6 +269,32 @@ def test_export_to_a_file_is_one_line_before_reading_the_checkpoint(run_dir, tmp
     assert blocker.read_text() == "keep me"
 
 
+def test_export_of_a_run_whose_newest_checkpoint_is_damaged_uses_the_newest_that_loads(run_dir, tmp_path, capsys):
+    """A truncated newest checkpoint made export of the run fail, while resume=auto falls back past it: export now
+    falls back the same way, says which it skipped and which step it exported, and leaves the run as it is."""
+    from nextscale.training.checkpointing import DamagedCheckpointWarning
+    checkpoints = run_dir / "checkpoints"
+    data = (checkpoints / "step_00000003.pt").read_bytes()
+    damaged = checkpoints / "step_00000005.pt"
+    damaged.write_bytes(data[:len(data) // 2])
+    with pytest.warns(DamagedCheckpointWarning, match=f"skipping the damaged checkpoint {damaged}, using an older "
+                                                      f"one if any: cannot read checkpoint"):
+        assert main(["export", str(run_dir), str(tmp_path / "model")]) == 0
+    assert f"wrote {tmp_path / 'model'} from the checkpoint of step 3" in capsys.readouterr().out
+    assert nextscale.load_var(tmp_path / "model").extra_config["trained_steps"] == 3
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step_00000003.pt", "step_00000005.pt"]  # untouched
+    assert damaged.read_bytes() == data[:len(data) // 2]
+    # The damaged checkpoint named itself: one line, no fallback.
+    refused(["export", damaged, tmp_path / "other"], capsys, f"cannot read checkpoint {damaged}",
+            "pass the run folder to use its newest checkpoint that loads")
+    # None loads: one line.
+    (checkpoints / "step_00000003.pt").write_bytes(data[:100])
+    with pytest.warns(DamagedCheckpointWarning):
+        refused(["export", run_dir, tmp_path / "other"], capsys,
+                f"none of the 2 checkpoint(s) in {checkpoints} can be read (the newest, step_00000005.pt")
+    assert not (tmp_path / "other").exists()
+
+
 def test_export_never_replaces_a_folder_holding_other_files(run_dir, capsys):
     before = snapshot(run_dir)
     refused(["export", run_dir, run_dir, "--overwrite"], capsys,

@@ -163,12 +163,14 @@ class CheckpointManager:
         found = self.all()
         return found[-1][1] if found else None
 
-    def load_latest(self, map_location="cpu", set_aside: bool = True) -> tuple[Path, dict] | None:
+    def load_latest(self, map_location="cpu", set_aside: bool = True, using: str = "resuming from"
+                    ) -> tuple[Path, dict] | None:
         """(path, state) of the newest checkpoint that loads; None when none does (or there is none).
 
-        A newer one that does not load is reported in one line (DamagedCheckpointWarning) and, with `set_aside`,
-        renamed to `step_N.pt.damaged` (its .yaml too): kept for inspection, out of the way of the next resume
-        and of keep-last pruning. Only one process of a distributed run should set files aside."""
+        A newer one that does not load is reported in one line (DamagedCheckpointWarning: "skipping the damaged
+        checkpoint ..., {using} an older one if any") and, with `set_aside`, renamed to `step_N.pt.damaged` (its
+        .yaml too): kept for inspection, out of the way of the next resume and of keep-last pruning. Only one
+        process of a distributed run should set files aside; readers that only read (export) leave them."""
         for _, path in reversed(self.all()):
             try:
                 return path, load_checkpoint(path, map_location=map_location)
@@ -176,7 +178,7 @@ class CheckpointManager:
                 kept = self.set_aside(path) if set_aside and path.exists() else None
                 reason = " ".join(str(e).split())  # one line
                 warnings.warn(f"skipping the damaged checkpoint {path}" + (f" (kept as {kept.name})" if kept else "")
-                              + f", resuming from an older one if any: {reason}", DamagedCheckpointWarning,
+                              + f", {using} an older one if any: {reason}", DamagedCheckpointWarning,
                               stacklevel=2)
         return None
 
