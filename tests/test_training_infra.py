@@ -1,6 +1,8 @@
 """Shared training infrastructure: configs, checkpoints, metrics, datasets and transforms."""
 
+import os
 import random
+import stat
 import warnings
 from dataclasses import dataclass, field
 
@@ -73,6 +75,22 @@ def test_failed_write_keeps_the_previous_file(tmp_path):
         atomic_write(target, fail)
     assert target.read_bytes() == b"good"
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temp file left behind
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)], ids=["022", "002", "077"])
+def test_atomic_writes_get_the_permissions_of_a_plain_open(umask, mode, tmp_path):
+    """atomic_write's temp file comes from mkstemp (0600): checkpoints, their .yaml, a run's config.yaml and
+    rewritten metrics.jsonl stayed private to their owner whatever the umask."""
+    old = os.umask(umask)
+    try:
+        atomic_write(tmp_path / "a.bin", lambda f: f.write(b"x"))
+        checkpoint = CheckpointManager(tmp_path / "checkpoints").save(1, {"step": 1}, config=Outer())
+        save_config(Outer(), tmp_path / "config.yaml")
+    finally:
+        os.umask(old)
+    for path in (tmp_path / "a.bin", checkpoint, checkpoint.with_suffix(".yaml"), tmp_path / "config.yaml"):
+        assert stat.S_IMODE(path.stat().st_mode) == mode, (path, oct(path.stat().st_mode))
 
 
 def test_checkpoint_manager_keeps_last_k_and_config(tmp_path):
