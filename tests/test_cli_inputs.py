@@ -5,8 +5,6 @@ large to decode."""
 
 import json
 import re
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -16,6 +14,7 @@ from PIL import Image
 import nextscale
 from conftest import TINY_TOKENIZER, TINY_TRANSFORMER
 from nextscale.cli import main
+from refusals import png_claiming, refused
 
 
 @pytest.fixture(scope="module")
@@ -37,28 +36,6 @@ def no_work(monkeypatch):
         raise AssertionError("an image was computed before the bad input was refused")
     monkeypatch.setattr(nextscale, "sample", refuse)
     monkeypatch.setattr(nextscale, "edit", refuse)
-
-
-def refused(argv, capsys, *parts):
-    """Run the command line; assert exit 2 with one error line (besides progress bars) holding all `parts`."""
-    code = main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    assert code == 2, err
-    errors = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("nextscale")]
-    assert "Traceback" not in err and len(errors) == 1, err
-    for part in parts:
-        assert str(part) in errors[0], (part, err)
-    return errors[0]
-
-
-def png_claiming(path, width, height):
-    """A few-byte PNG whose header claims width x height pixels."""
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b""))
-                     + chunk(b"IEND", b""))
-    return path
 
 
 @pytest.fixture

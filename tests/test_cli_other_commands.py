@@ -7,17 +7,12 @@ from PIL import Image
 
 import nextscale
 from conftest import TINY_TOKENIZER
-from nextscale.cli import main
+import refusals
 
 
 def refused(argv, capsys, *parts):
-    """Run the command line; assert exit 2 with one error line holding every one of `parts`."""
-    code = main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert "Traceback" not in err and len([line for line in err.splitlines() if line.strip()]) == 1, err
-    for part in parts:
-        assert str(part) in err, (part, err)
+    """Run the command line; assert exit 2 with one error line holding every one of `parts`, and nothing else."""
+    return refusals.refused(argv, capsys, *parts, alone=True)
 
 
 def write_image(path, seed=0):

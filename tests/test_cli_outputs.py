@@ -17,6 +17,7 @@ from conftest import TINY_TOKENIZER, TINY_TRANSFORMER
 from nextscale.cli import main
 from nextscale.editing import inpaint_keep_mask
 from nextscale.images import load_images, to_model_input, to_uint8_hwc
+from refusals import refused
 
 
 @pytest.fixture(scope="module")
@@ -43,18 +44,6 @@ def no_work(monkeypatch):
         raise AssertionError("an image was computed before the output location was refused")
     monkeypatch.setattr(nextscale, "sample", refuse)
     monkeypatch.setattr(nextscale, "edit", refuse)
-
-
-def refused(argv, capsys, *parts):
-    """Run the command line; assert exit 2 with one error line (besides progress bars) holding all `parts`."""
-    code = main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    assert code == 2, err
-    errors = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("nextscale")]
-    assert "Traceback" not in err and len(errors) == 1, err
-    for part in parts:
-        assert str(part) in errors[0], (part, err)
-    return errors[0]
 
 
 def snapshot(folder):

@@ -310,7 +310,5 @@ def test_help_of_the_training_commands_documents_the_image_folder_convention(cap
 ])
 def test_counts_out_of_range_are_refused_before_any_work(argv, message, tmp_path, capsys):
     """steps=-5 used to "train" 0 steps and export; log_every=0 crashed with ZeroDivisionError mid-run."""
-    from nextscale.cli import main
-    assert main([*argv, f"out_dir={tmp_path / 'run'}"]) == 2
-    assert message in capsys.readouterr().err
+    refused([*argv, f"out_dir={tmp_path / 'run'}"], capsys, message, alone=True)
     assert not (tmp_path / "run").exists()
