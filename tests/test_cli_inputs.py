@@ -4,8 +4,7 @@ counts), seeds, classes, a scale schedule the model does not have, boxes that re
 large to decode."""
 
 import json
-import struct
-import zlib
+import re
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ from PIL import Image
 import nextscale
 from conftest import TINY_TOKENIZER, TINY_TRANSFORMER
 from nextscale.cli import main
+from refusals import png_claiming, refused
 
 
 @pytest.fixture(scope="module")
@@ -36,28 +36,6 @@ def no_work(monkeypatch):
         raise AssertionError("an image was computed before the bad input was refused")
     monkeypatch.setattr(nextscale, "sample", refuse)
     monkeypatch.setattr(nextscale, "edit", refuse)
-
-
-def refused(argv, capsys, *parts):
-    """Run the command line; assert exit 2 with one error line (besides progress bars) holding all `parts`."""
-    code = main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    assert code == 2, err
-    errors = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("nextscale")]
-    assert "Traceback" not in err and len(errors) == 1, err
-    for part in parts:
-        assert str(part) in errors[0], (part, err)
-    return errors[0]
-
-
-def png_claiming(path, width, height):
-    """A few-byte PNG whose header claims width x height pixels."""
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b""))
-                     + chunk(b"IEND", b""))
-    return path
 
 
 @pytest.fixture
@@ -185,6 +163,31 @@ def test_the_python_api_refuses_the_same_values(model_dir):
         nextscale.sample(var, [1, 2], seed=2**63 - 1, per_image_seeds=True)
     with pytest.raises(ValueError, match="unknown class '²'"):
         nextscale.sample(var, ["²"], seed=0)
+
+
+OTHER_DIGITS = ["²", "+²", "½", "１", "١", "𝟙"]  # str.isdigit() or isnumeric() holds; int() reads the last three
+
+
+@pytest.mark.parametrize("value", OTHER_DIGITS)
+def test_class_ids_in_other_digits_are_refused_naming_the_value(value, model_dir, tmp_path, capsys, no_work):
+    """'²' passed str.isdigit() and failed int() ("invalid literal for int() with base 10"); '１' and '١' were read
+    as class 1. Only the digits 0-9 make a class id, as in the web app; the message says so."""
+    refused(["sample", "--model", model_dir, "--class", value, "--out", tmp_path / "o"], capsys,
+            f"--class: unknown class {value!r} (class ids are written in the digits 0-9)")
+    refused(["sample", "--model", model_dir, "--class", f"c1,{value}", "--out", tmp_path / "o"], capsys,
+            f"--class: unknown class {value!r} (class ids are written in the digits 0-9)")
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_python_api_refuses_class_ids_in_other_digits(model_dir):
+    var = nextscale.load_var(model_dir)
+    for value in OTHER_DIGITS:
+        message = re.escape(f"unknown class {value!r} (class ids are written in the digits 0-9)")
+        with pytest.raises(ValueError, match=message):
+            nextscale.sample(var, [value], seed=0)
+        with pytest.raises(ValueError, match=message):
+            nextscale.sample(var, f"c1,{value}", seed=0)
+    assert nextscale.sampling.parse_classes(["3", "+4", " 5 "], var) == [3, 4, 5]  # ASCII ids still read
 
 
 # ---------------------------------------------------------------------------------------- edit

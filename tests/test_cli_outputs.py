@@ -18,6 +18,7 @@ from conftest import TINY_TOKENIZER, TINY_TRANSFORMER
 from nextscale.cli import main
 from nextscale.editing import inpaint_keep_mask
 from nextscale.images import load_images, to_model_input, to_uint8_hwc
+from refusals import refused
 
 
 @pytest.fixture(scope="module")
@@ -44,18 +45,6 @@ def no_work(monkeypatch):
         raise AssertionError("an image was computed before the output location was refused")
     monkeypatch.setattr(nextscale, "sample", refuse)
     monkeypatch.setattr(nextscale, "edit", refuse)
-
-
-def refused(argv, capsys, *parts):
-    """Run the command line; assert exit 2 with one error line (besides progress bars) holding all `parts`."""
-    code = main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    assert code == 2, err
-    errors = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("nextscale")]
-    assert "Traceback" not in err and len(errors) == 1, err
-    for part in parts:
-        assert str(part) in errors[0], (part, err)
-    return errors[0]
 
 
 def snapshot(folder):
@@ -289,6 +278,32 @@ def test_export_to_a_file_is_one_line_before_reading_the_checkpoint(run_dir, tmp
     blocker.write_text("keep me")
     refused(["export", run_dir, blocker], capsys, f"{blocker} is a file", "choose another OUT")
     assert blocker.read_text() == "keep me"
+
+
+def test_export_of_a_run_whose_newest_checkpoint_is_damaged_uses_the_newest_that_loads(run_dir, tmp_path, capsys):
+    """A truncated newest checkpoint made export of the run fail, while resume=auto falls back past it: export now
+    falls back the same way, says which it skipped and which step it exported, and leaves the run as it is."""
+    from nextscale.training.checkpointing import DamagedCheckpointWarning
+    checkpoints = run_dir / "checkpoints"
+    data = (checkpoints / "step_00000003.pt").read_bytes()
+    damaged = checkpoints / "step_00000005.pt"
+    damaged.write_bytes(data[:len(data) // 2])
+    with pytest.warns(DamagedCheckpointWarning, match=f"skipping the damaged checkpoint {damaged}, using an older "
+                                                      f"one if any: cannot read checkpoint"):
+        assert main(["export", str(run_dir), str(tmp_path / "model")]) == 0
+    assert f"wrote {tmp_path / 'model'} from the checkpoint of step 3" in capsys.readouterr().out
+    assert nextscale.load_var(tmp_path / "model").extra_config["trained_steps"] == 3
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step_00000003.pt", "step_00000005.pt"]  # untouched
+    assert damaged.read_bytes() == data[:len(data) // 2]
+    # The damaged checkpoint named itself: one line, no fallback.
+    refused(["export", damaged, tmp_path / "other"], capsys, f"cannot read checkpoint {damaged}",
+            "pass the run folder to use its newest checkpoint that loads")
+    # None loads: one line.
+    (checkpoints / "step_00000003.pt").write_bytes(data[:100])
+    with pytest.warns(DamagedCheckpointWarning):
+        refused(["export", run_dir, tmp_path / "other"], capsys,
+                f"none of the 2 checkpoint(s) in {checkpoints} can be read (the newest, step_00000005.pt")
+    assert not (tmp_path / "other").exists()
 
 
 def test_export_never_replaces_a_folder_holding_other_files(run_dir, capsys):

@@ -15,8 +15,9 @@ from nextscale.cli import main as cli_main
 from nextscale.evaluation.classifier import ClassifierConfig, ImageClassifier, load_classifier
 from nextscale.evaluation.frechet import kernel_inception_distance, mmd2_unbiased
 from nextscale.evaluation.image_sets import read_image_set
-from nextscale.evaluation.real_data import heldout_mask, list_labelled_folder, read_labelled_folder
+from nextscale.evaluation.real_data import heldout_mask, image_folder_data, list_labelled_folder, read_labelled_folder
 from own_images import CLASSES, make_shapes_folder
+from refusals import one_error_line, png_claiming, refused
 
 RESOLUTION = 16
 
@@ -268,9 +269,7 @@ def test_train_classifier_rejects_bad_input(tmp_path, capsys, args, message):
     for i in range(3):
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(flat / f"{i}.png")
     args = [a.format(flat=flat, missing=tmp_path / "missing") for a in args]
-    assert cli_main(["train-classifier", *args, "--out", str(tmp_path / "out")]) == 2
-    err = capsys.readouterr().err
-    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    refused(["train-classifier", *args, "--out", tmp_path / "out"], capsys, message, alone=True)
 
 
 def test_train_classifier_and_eval_help_print_each_default_once(capsys):
@@ -352,3 +351,34 @@ def test_train_classifier_skips_unreadable_images(tmp_path, capsys):
     assert "1 unreadable files skipped" in out
     config = json.loads((tmp_path / "clf" / "config.json").read_text())
     assert config["data"]["num_train_images"] + config["data"]["num_heldout_images"] in (18, 19)
+
+
+def test_real_images_too_large_to_decode_are_skipped_from_their_header(tmp_path, capsys):
+    """The classifier's real images go through images.open_image's pixel cap: a PNG claiming 20 megapixels (under
+    Pillow's own cap, so it was decoded whole) or 50000x50000 is skipped with one warning line naming the file and
+    the limit, the others are read; held-out images that are all such files make eval a one-line error."""
+    data = make_shapes_folder(tmp_path / "shapes", per_class=3, size=16, seed=0)
+    big = png_claiming(data / "circle" / "big.png", 5000, 4000)
+    bomb = png_claiming(data / "square" / "bomb.png", 50000, 50000)
+    skipped = []
+    with pytest.warns(UserWarning) as record:
+        images, labels = list_labelled_folder(data, RESOLUTION, 3).decode(skipped=skipped)
+    assert images.shape == (9, RESOLUTION, RESOLUTION, 3) and labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert skipped == [str(big), str(bomb)]
+    messages = [str(w.message) for w in record]
+    assert messages[0] == (f"skipping unreadable image {big} (is 5000x4000 = 20.0 megapixels; the limit is 16 "
+                           f"megapixels: make it smaller first)")
+    assert messages[1].startswith(f"skipping unreadable image {bomb} (claims more than")
+    assert messages[1].endswith("the limit is 16 megapixels: make it smaller first)") and len(messages) == 2
+
+    held = tmp_path / "held"
+    for name in CLASSES:
+        png_claiming(held / name / "big.png", 5000, 4000)
+    config = ClassifierConfig(num_classes=3, class_names=CLASSES, image_size=RESOLUTION, in_channels=3,
+                              pixel_mean=(0.5, 0.5, 0.5), pixel_std=(0.25, 0.25, 0.25),
+                              data=image_folder_data(data, eval_path=held, resolution=RESOLUTION, channels=3))
+    ImageClassifier(config).save_pretrained(tmp_path / "clf")
+    with pytest.warns(UserWarning, match="the limit is 16 megapixels"):
+        rc, _, err, _ = run_eval(tmp_path, capsys, images, labels, list(CLASSES), tmp_path / "clf")
+    assert rc == 2
+    one_error_line(err, f"no readable image among the 3 of {held} asked for", alone=True)

@@ -6,14 +6,12 @@ import json
 import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-import zlib
 
 import numpy as np
 import pytest
@@ -22,6 +20,7 @@ from PIL import Image
 
 import nextscale
 from nextscale.serve import ModelRunner, make_server
+from refusals import png_bytes_claiming
 from test_serve import request, start, stop
 
 
@@ -58,14 +57,6 @@ def serve_command(*options):
     line = process.stdout.readline()
     assert "open http://127.0.0.1:" in line, line + process.stderr.read()
     return process, line.split("open ", 1)[1].split()[0].rstrip("/")
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    """A valid PNG header claiming width x height, with no pixel data: 70 bytes."""
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
 
 
 # ---------------------------------------------------------------- stopping
@@ -212,7 +203,7 @@ def test_foreign_hosts_and_origins_are_refused(url):
         assert status == 403 and answer["error"].startswith(f"refused: a page from '{origin.decode()}' may not"), \
             answer
     status, answer = raw_http(url, b"POST /api/image HTTP/1.1\r\nHost: 127.0.0.1:%s\r\nOrigin: http://a.example\r\n"
-                              % port.encode(), png_claiming(8, 8))
+                              % port.encode(), png_bytes_claiming(8, 8))
     assert status == 403
     # The app's own page, and loopback names, are answered.
     for host in (b"127.0.0.1:" + port.encode(), b"localhost:" + port.encode(), b"[::1]:" + port.encode(),
@@ -278,6 +269,20 @@ def test_hostile_json_is_a_400_with_a_message_and_no_traceback(url, capfd, body,
     assert "Traceback" not in capfd.readouterr().err
 
 
+def test_the_web_app_takes_its_limits_from_the_one_definition_of_each():
+    """serve/work.py had its own MAX_SEED and MAX_CFG, and the server its own 16 megapixels: one definition each now
+    (nextscale.sampling's MAX_SEED and MAX_CFG, nextscale.images' DEFAULT_MAX_PIXELS)."""
+    import inspect
+
+    from nextscale import images, sampling
+    from nextscale.cli import build_parser
+    from nextscale.serve import work
+    assert work.MAX_SEED is sampling.MAX_SEED and work.MAX_CFG is sampling.MAX_CFG
+    assert inspect.signature(ModelRunner).parameters["max_pixels"].default == images.DEFAULT_MAX_PIXELS
+    args = build_parser().parse_args(["serve"])
+    assert args.max_pixels * 1e6 == images.DEFAULT_MAX_PIXELS
+
+
 def test_the_largest_seed_is_read_exactly(runner):
     limit = 2**63 - 1 - runner.max_images  # as a float it would round up to 2**63, past the limit
     assert runner._seeds({"seed": limit, "num_images": 1}, default_num=1) == [limit]
@@ -287,10 +292,10 @@ def test_the_largest_seed_is_read_exactly(runner):
 def test_an_image_claiming_too_many_pixels_is_a_413(url, capfd):
     # Before: Pillow's own bomb check fired first and the answer was 400 "not an image".
     for width, height in ((50_000, 50_000), (1001, 1000)):
-        status, answer = request(f"{url}/api/image", png_claiming(width, height), "application/octet-stream")
+        status, answer = request(f"{url}/api/image", png_bytes_claiming(width, height), "application/octet-stream")
         assert status == 413, answer
         assert "megapixels" in answer["error"] and answer["error"].endswith("(the server's --max-pixels)")
-    status, answer = request(f"{url}/api/image", png_claiming(100, 100), "application/octet-stream")
+    status, answer = request(f"{url}/api/image", png_bytes_claiming(100, 100), "application/octet-stream")
     assert status == 400 and "damaged or truncated" in answer["error"]
     assert "Traceback" not in capfd.readouterr().err
 

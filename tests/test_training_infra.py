@@ -1,6 +1,8 @@
 """Shared training infrastructure: configs, checkpoints, metrics, datasets and transforms."""
 
+import os
 import random
+import stat
 import warnings
 from dataclasses import dataclass, field
 
@@ -15,6 +17,7 @@ from nextscale.training.checkpointing import (CheckpointManager, atomic_write, c
                                               restore_rng_state)
 from nextscale.training.config import ConfigError, config_to_dict, load_config, save_config
 from nextscale.training.metrics import MetricsLogger, plot_curves, read_jsonl
+from refusals import png_claiming, refused
 
 
 @dataclass
@@ -72,6 +75,22 @@ def test_failed_write_keeps_the_previous_file(tmp_path):
         atomic_write(target, fail)
     assert target.read_bytes() == b"good"
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temp file left behind
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)], ids=["022", "002", "077"])
+def test_atomic_writes_get_the_permissions_of_a_plain_open(umask, mode, tmp_path):
+    """atomic_write's temp file comes from mkstemp (0600): checkpoints, their .yaml, a run's config.yaml and
+    rewritten metrics.jsonl stayed private to their owner whatever the umask."""
+    old = os.umask(umask)
+    try:
+        atomic_write(tmp_path / "a.bin", lambda f: f.write(b"x"))
+        checkpoint = CheckpointManager(tmp_path / "checkpoints").save(1, {"step": 1}, config=Outer())
+        save_config(Outer(), tmp_path / "config.yaml")
+    finally:
+        os.umask(old)
+    for path in (tmp_path / "a.bin", checkpoint, checkpoint.with_suffix(".yaml"), tmp_path / "config.yaml"):
+        assert stat.S_IMODE(path.stat().st_mode) == mode, (path, oct(path.stat().st_mode))
 
 
 def test_checkpoint_manager_keeps_last_k_and_config(tmp_path):
@@ -156,6 +175,37 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path):
         assert len(lazy) == 4
         images = [lazy[i][0] for i in range(len(lazy))]  # no exception: bad files are replaced by the next one
     assert lazy.num_skipped == 2 and all(x.shape == (3, 8, 8) for x in images)
+
+
+def test_images_over_the_pixel_cap_are_skipped_from_their_header(tmp_path, capsys):
+    """A PNG claiming 50000x50000 met Pillow's DecompressionBombError and one claiming 20 megapixels (under Pillow's
+    own cap) was decoded whole: both are now refused from the header by images.open_image's cap, skipped with one
+    warning line naming the file and the limit; a folder of nothing else is a one-line error."""
+    _write_images(tmp_path / "data", ["a/good1.png", "b/good2.png"])
+    big = png_claiming(tmp_path / "data" / "a" / "big.png", 5000, 4000)
+    bomb = png_claiming(tmp_path / "data" / "b" / "bomb.png", 50000, 50000)
+    with pytest.warns(UserWarning) as record:
+        verified = ImageFolderDataset(tmp_path / "data", ImageTransform(8, train=False), verify=True)
+    assert len(verified) == 2 and sorted(verified.skipped) == [str(big), str(bomb)]
+    messages = [str(w.message) for w in record]
+    assert messages[0].startswith(f"skipping unreadable image {big} (is 5000x4000 = 20.0 megapixels; the limit is "
+                                  f"16 megapixels: make it smaller first)")
+    assert messages[1].startswith(f"skipping unreadable image {bomb} (claims more than")
+    assert "the limit is 16 megapixels" in messages[1] and all("\n" not in m for m in messages)
+
+    lazy = ImageFolderDataset(tmp_path / "data", ImageTransform(8, train=False))
+    index = lazy.files.index(big)
+    with pytest.warns(UserWarning, match=r"big.png \(is 5000x4000 = 20.0 megapixels; the limit is 16 megapixels"):
+        x, label = lazy[index]  # replaced by the next file
+    assert torch.equal(x, lazy[index + 1][0]) and lazy.skipped == [str(big)]
+
+    only = tmp_path / "only"
+    png_claiming(only / "a" / "big.png", 5000, 4000)
+    png_claiming(only / "b" / "bomb.png", 50000, 50000)
+    with pytest.warns(UserWarning, match="the limit is 16 megapixels"):
+        refused(["train-tokenizer", f"out_dir={tmp_path / 'run'}", f"data.path={only}", "data.kind=image_folder",
+                 "data.verify=true", "data.resolution=8", "model.ch_mult=1,2", "model.patch_nums=1,2,4", "steps=1",
+                 "threads=1"], capsys, f"no readable image found under {only}", "2 unreadable file(s) skipped")
 
 
 def test_empty_dataset_is_a_clear_error(tmp_path):
@@ -260,7 +310,5 @@ def test_help_of_the_training_commands_documents_the_image_folder_convention(cap
 ])
 def test_counts_out_of_range_are_refused_before_any_work(argv, message, tmp_path, capsys):
     """steps=-5 used to "train" 0 steps and export; log_every=0 crashed with ZeroDivisionError mid-run."""
-    from nextscale.cli import main
-    assert main([*argv, f"out_dir={tmp_path / 'run'}"]) == 2
-    assert message in capsys.readouterr().err
+    refused([*argv, f"out_dir={tmp_path / 'run'}"], capsys, message, alone=True)
     assert not (tmp_path / "run").exists()

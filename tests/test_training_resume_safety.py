@@ -228,35 +228,34 @@ def truncate(path):
     return data[:len(data) // 2]
 
 
-def test_tokenizer_resume_auto_falls_back_past_a_damaged_checkpoint(tmp_path):
-    cfg = lambda *extra: load_config(TokenizerTrainConfig, None, tokenizer_overrides(
-        tmp_path, "steps=4", "checkpoint_every=2", "eval_every=0", *extra))
-    train_tokenizer(cfg())
+def falls_back_past_a_damaged_checkpoint(tmp_path, run, cfg, metric: str) -> dict:
+    """Train 4 steps (checkpoints at 2 and 4) with `run(cfg())`, truncate step 4's checkpoint, then: resume=PATH
+    of it is a ValueError naming it; resume=auto sets it aside (kept as .damaged, its bytes unchanged), resumes
+    from step 2 and ends at step 4 with one `metric` line per step. -> the summary of the resumed run."""
+    run(cfg())
     ckpt_dir = tmp_path / "run" / "checkpoints"
     damaged = truncate(ckpt_dir / "step_00000004.pt")
     with pytest.raises(ValueError, match="cannot read checkpoint .*step_00000004.pt"):
-        train_tokenizer(cfg(f"resume={ckpt_dir / 'step_00000004.pt'}", f"out_dir={tmp_path / 'other'}"))
+        run(cfg(f"resume={ckpt_dir / 'step_00000004.pt'}", f"out_dir={tmp_path / 'other'}"))
     with pytest.warns(DamagedCheckpointWarning, match=r"step_00000004.pt \(kept as step_00000004.pt.damaged\)"):
-        summary = train_tokenizer(cfg())
+        summary = run(cfg())
     assert summary["step"] == 4
     assert (ckpt_dir / "step_00000004.pt.damaged").read_bytes() == damaged
     assert [s for s, _ in CheckpointManager(ckpt_dir).all()] == [2, 4]
-    assert steps_of(tmp_path / "run", "rec_loss") == [1, 2, 3, 4]
+    assert steps_of(tmp_path / "run", metric) == [1, 2, 3, 4]
+    return summary
+
+
+def test_tokenizer_resume_auto_falls_back_past_a_damaged_checkpoint(tmp_path):
+    cfg = lambda *extra: load_config(TokenizerTrainConfig, None, tokenizer_overrides(
+        tmp_path, "steps=4", "checkpoint_every=2", "eval_every=0", *extra))
+    falls_back_past_a_damaged_checkpoint(tmp_path, train_tokenizer, cfg, "rec_loss")
 
 
 def test_var_resume_auto_falls_back_past_a_damaged_checkpoint(tmp_path, capsys):
     from nextscale.training.var_trainer import config_from
     cfg = lambda *extra: config_from({}, var_overrides(tmp_path, "steps=4", "checkpoint_every=2", "eval_every=0",
                                                        *extra))
-    train(cfg())
-    ckpt_dir = tmp_path / "run" / "checkpoints"
-    damaged = truncate(ckpt_dir / "step_00000004.pt")
-    with pytest.raises(ValueError, match="cannot read checkpoint .*step_00000004.pt"):
-        train(cfg(f"resume={ckpt_dir / 'step_00000004.pt'}", f"out_dir={tmp_path / 'other'}"))
-    with pytest.warns(DamagedCheckpointWarning, match=r"step_00000004.pt \(kept as step_00000004.pt.damaged\)"):
-        summary = train(cfg())
-    assert summary["start_step"] == 2 and summary["step"] == 4
+    summary = falls_back_past_a_damaged_checkpoint(tmp_path, train, cfg, "loss")
+    assert summary["start_step"] == 2
     assert "resumed from" in capsys.readouterr().out
-    assert (ckpt_dir / "step_00000004.pt.damaged").read_bytes() == damaged
-    assert [s for s, _ in CheckpointManager(ckpt_dir).all()] == [2, 4]
-    assert steps_of(tmp_path / "run", "loss") == [1, 2, 3, 4]

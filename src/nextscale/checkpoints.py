@@ -379,7 +379,6 @@ def save_pretrained(model: VQVAE | VAR, folder: str | os.PathLike) -> Path:
     atomic_write_bytes(folder / CONFIG_NAME, (json.dumps({"model_type": kind, "config": model.config.to_dict(),
                                                           **getattr(model, "extra_config", {})}, indent=2)
                                               + "\n").encode())
-    default_permissions(folder / CONFIG_NAME)
     tokenizer = getattr(model, "tokenizer", None)
     if kind != "vqvae" and tokenizer is not None:
         save_pretrained(tokenizer, folder / TOKENIZER_SUBDIR)

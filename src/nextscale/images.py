@@ -146,24 +146,12 @@ def make_grid(images_BCHW: torch.Tensor, ncols: int | None = None, padding: int 
     return grid
 
 
-def _umask() -> int:
-    """The process's umask, read without changing it where Linux shows it (os.umask alone must set it)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def default_permissions(path: str | os.PathLike) -> Path:
     """Give a file or folder made through a temp file (mkstemp: 0600, mkdtemp: 0700) the permissions a plain
     open() or mkdir() would have given it (0666 / 0777 less the umask), so outputs stay readable as before."""
+    from nextscale.training.checkpointing import current_umask
     path = Path(path)
-    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_umask())
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~current_umask())
     return path
 
 
@@ -174,7 +162,7 @@ def save_image_file(image: Image.Image, path: str | os.PathLike) -> Path:
     path = Path(path)
     image_format = Image.registered_extensions().get(path.suffix.lower(), "PNG")
     atomic_write(path, lambda f: image.save(f, format=image_format))
-    return default_permissions(path)
+    return path
 
 
 def save_png(array_HWC: np.ndarray, path: str | os.PathLike) -> Path:

@@ -229,7 +229,8 @@ def class_id(value, var) -> int:
         else:
             known = (f"the model's classes are {', '.join(repr(n) for n in names)}" if names else
                      "this model has no class names")
-            raise ValueError(f"unknown class {value!r}: {known}; or give a class id in [0, {num_classes - 1}], "
+            why = " (class ids are written in the digits 0-9)" if digits.isdigit() or digits.isnumeric() else ""
+            raise ValueError(f"unknown class {value!r}{why}: {known}; or give a class id in [0, {num_classes - 1}], "
                              f"or {num_classes} (or 'null') for unconditional")
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise ValueError(f"a class is an id (int) or a class name (str), got {value!r}")

@@ -302,10 +302,9 @@ class Outputs:
     # ------------------------------------------------------------------ writing
     def write_file(self, path, write: Callable) -> Path:
         """`write(file_object)` into a temp file beside `path`, renamed to `path` when complete."""
-        from nextscale.images import default_permissions
         from nextscale.training.checkpointing import atomic_write
         atomic_write(path, write)
-        return default_permissions(path)
+        return Path(path)
 
     def temp_folder(self, dest) -> Path:
         """An empty folder beside `dest`, to be filled and then swapped in with replace_folder."""

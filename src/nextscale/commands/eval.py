@@ -187,6 +187,8 @@ def _evaluate(args, outputs: Outputs, device) -> int:
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    # The classifier's files are checked (config.json, weights that fit it) before the images are read.
+    classifier = None if args.no_classifier else load_classifier(args.classifier, device=device)
     samples = read_image_set(args.images)
     if args.save_npz:
         outputs.require_space(Path(args.save_npz).parent, samples.images.nbytes + 65536, "--save-npz")
@@ -195,8 +197,7 @@ def _evaluate(args, outputs: Outputs, device) -> int:
                         f"a Fréchet distance needs at least 2 (and some hundreds to mean much)")
     results = {"source": samples.source, "num_images": len(samples)}
 
-    if not args.no_classifier:
-        classifier = load_classifier(args.classifier, device=device)
+    if classifier is not None:
         config = classifier.config
         size = samples.images.shape[1:3]
         if args.classifier is None and size != (config.image_size, config.image_size) and args.inception_weights:

@@ -11,7 +11,9 @@ def add_parser(subparsers) -> None:
         description="Write the transformer of a `nextscale train` checkpoint as a model folder: config.json, "
                     "model.safetensors and tokenizer/ (the run's tokenizer). `nextscale.load_var(OUT)` and "
                     "`nextscale sample --model OUT` read it.")
-    p.add_argument("checkpoint", help="a checkpoint (runs/x/checkpoints/step_N.pt) or a run folder (its newest one)")
+    p.add_argument("checkpoint", help="a checkpoint (runs/x/checkpoints/step_N.pt) or a run folder (its newest "
+                                      "checkpoint that loads: damaged newer ones are skipped with a warning, as "
+                                      "resume skips them)")
     p.add_argument("out", help="the model folder to write")
     p.add_argument("--tokenizer", default=None,
                    help="the tokenizer the run was trained with (default: the run folder's tokenizer/); it must be "
@@ -40,5 +42,6 @@ def run(args) -> int:
         tmp = outputs.temp_folder(out)
         save_pretrained(model, tmp)
         outputs.replace_folder(tmp, out)
-    print(f"wrote {out} (load it with nextscale.load_var({str(out)!r}))")
+    steps = model.extra_config.get("trained_steps")
+    print(f"wrote {out} from the checkpoint of step {steps} (load it with nextscale.load_var({str(out)!r}))")
     return 0

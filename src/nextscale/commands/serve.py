@@ -12,6 +12,7 @@ from nextscale.commands.common import (UserError, add_device_args, add_model_arg
 
 
 def add_parser(sub) -> None:
+    from nextscale.images import DEFAULT_MAX_PIXELS
     p = sub.add_parser(
         "serve", help="start a local web app to generate and edit images",
         description="Start a web app on this machine: generate images (class, seed, cfg, top-k, top-p, number) and "
@@ -38,9 +39,9 @@ def add_parser(sub) -> None:
                         help="most images (or edit variations) per request (default 16)")
     limits.add_argument("--max-upload-mb", type=float, default=10.0,
                         help="largest image file accepted, in MB (default 10)")
-    limits.add_argument("--max-pixels", type=float, default=16.0,
+    limits.add_argument("--max-pixels", type=float, default=DEFAULT_MAX_PIXELS / 1e6,
                         help="largest image accepted, in megapixels (width x height / 1e6); guards against small "
-                             "files that decode to huge images (default 16)")
+                             f"files that decode to huge images (default {DEFAULT_MAX_PIXELS / 1e6:g})")
     p.add_argument("--quiet", action="store_true", help="do not log requests to the console")
     p.set_defaults(run=run)
 

@@ -29,8 +29,10 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
+
+from nextscale.images import DEFAULT_MAX_PIXELS, ImageReadError, open_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -40,7 +42,8 @@ image folders (data.path=FOLDER; data.kind=auto picks Fashion-MNIST only for a f
                                        their sorted order (0, 1, ...); images may sit in deeper subfolders.
                                        Images directly in FOLDER (no subfolders): one unnamed class.
   extensions: {' '.join(IMAGE_EXTENSIONS)} (any case); other files are ignored.
-  unreadable or corrupt images are skipped with a warning and counted (data.verify=true checks all up front).
+  unreadable or corrupt images (and those over {DEFAULT_MAX_PIXELS / 1e6:g} megapixels, refused from their header) are
+  skipped with a warning and counted (data.verify=true checks all up front).
   every image is resized (shorter side to data.resolution x data.resize_ratio) and cropped to
   data.resolution x data.resolution: a random crop in training, the center crop for tokenizing and evaluation;
   grayscale images are repeated to 3 channels (data.channels=3).
@@ -59,8 +62,9 @@ class DataConfig:
     `kind`: "auto" (Fashion-MNIST when `path` is None or holds its IDX files, else an image folder),
     "fashion_mnist" or "image_folder". An image folder holds one subfolder per class (class names =
     subfolder names, ids = their sorted order), images with the extensions of IMAGE_EXTENSIONS;
-    unreadable files are skipped with a warning and counted; images are resized (shorter side) and
-    cropped (random in training, center otherwise) to `resolution`. See IMAGE_FOLDER_CONVENTION.
+    unreadable files (and those over nextscale.images.DEFAULT_MAX_PIXELS) are skipped with a warning and
+    counted; images are resized (shorter side) and cropped (random in training, center otherwise) to
+    `resolution`. See IMAGE_FOLDER_CONVENTION.
     """
 
     kind: str = "auto"  # "auto", "fashion_mnist" or "image_folder"
@@ -173,14 +177,22 @@ def heldout_indices(relative_paths: Sequence[str], labels: Sequence[int], fracti
 
 
 # ---------------------------------------------------------------------------- image folder
+def read_error_reason(error: Exception, path: Path) -> str:
+    """The message of an ImageReadError without the path it starts with (the skip warning names the file)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    for prefix in (f"cannot read image {path}: ", f"{path} "):
+        if text.startswith(prefix):
+            return text[len(prefix):]
+    return text
+
+
 def _try_decode(path: Path) -> str | None:
     """None when `path` decodes as an image, else the reason it does not."""
     try:
-        with Image.open(path) as im:
-            im.load()
+        open_image(path).close()
         return None
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-        return str(e) or type(e).__name__
+    except ImageReadError as e:
+        return read_error_reason(e, path)
 
 
 class ImageFolderDataset(Dataset):
@@ -262,12 +274,11 @@ class ImageFolderDataset(Dataset):
             i = (idx + attempt) % len(self.files)
             path = self.files[i]
             try:
-                with Image.open(path) as im:
-                    im.load()
+                with open_image(path) as im:
                     return self.transform(im), self.labels[i]
-            except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+            except (ImageReadError, OSError, ValueError) as e:  # ImageReadError: unreadable or over the pixel cap
                 if str(path) not in self.skipped:
-                    self._skip(path, str(e) or type(e).__name__)
+                    self._skip(path, read_error_reason(e, path))
         raise EmptyDatasetError(f"no image under {self.root} could be read")
 
 

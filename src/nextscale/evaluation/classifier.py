@@ -11,6 +11,7 @@ from it the held-out images it compares samples to, and the training images of t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -154,10 +155,127 @@ def shipped_classifier_path() -> Path:
     return Path(str(resources.files("nextscale") / "assets" / SHIPPED_FOLDER))
 
 
+# ---------------------------------------------------------------------------------------- config.json schema
+# Keys every classifier's config.json has had (the shipped one included); in_channels (1), dropout, data
+# (Fashion-MNIST) and metrics may be absent: the shipped file predates some of them.
+REQUIRED_KEYS = ("channels", "feature_dim", "num_classes", "image_size", "class_names", "pixel_mean", "pixel_std")
+MAX_STAGES = 16  # conv stages (one halving each): bounded so that even a model built to compare shapes stays cheap
+DATA_KINDS = ("fashion_mnist", "image_folder")
+
+
+def check_classifier_config(meta, config_path: str | os.PathLike) -> ClassifierConfig:
+    """The one check of a classifier folder's config.json (already parsed: `meta`) -> its ClassifierConfig.
+
+    It must be an object with REQUIRED_KEYS, each of the right type and in range (in_channels 1 or 3, dropout in
+    [0, 1), pixel_std > 0, one class name per class, an image size divisible by 2^stages), and a `data` entry
+    (when present) that names real data `nextscale eval` can read again (real_data.py). Keys it does not know are
+    ignored. CheckpointError names the file and the field otherwise."""
+    import typing
+
+    from nextscale.checkpoints import CheckpointError
+    from nextscale.training.config import AT_LEAST_1, BELOW_ONE, POSITIVE, ConfigError, Range, coerce
+    where = str(config_path)
+
+    def bad(message: str):
+        return CheckpointError(f"{where}: {message}; fix the file, or train the classifier again "
+                               f"(`nextscale train-classifier`)")
+
+    if not isinstance(meta, dict):
+        raise bad(f"expected a JSON object of the classifier's fields ({', '.join(REQUIRED_KEYS)}), got a "
+                  f"{type(meta).__name__}")
+    missing = [key for key in REQUIRED_KEYS if key not in meta]
+    if missing:
+        raise bad(f"it lacks {', '.join(repr(k) for k in missing)}")
+    hints = typing.get_type_hints(ClassifierConfig)
+    ranges = {"channels": Range(low=1, min_items=1), "feature_dim": AT_LEAST_1, "num_classes": AT_LEAST_1,
+              "image_size": AT_LEAST_1, "in_channels": Range(choices=(1, 3)), "dropout": BELOW_ONE,
+              "pixel_mean": Range(), "pixel_std": POSITIVE}
+    known, problems = {}, []
+    for name in (f.name for f in dataclasses.fields(ClassifierConfig)):
+        if name not in meta:
+            continue
+        value = meta[name]
+        if name == "class_names":
+            if not isinstance(value, list) or not all(isinstance(n, str) for n in value):
+                problems.append(f"class_names must be a list of strings (index = class id), got {value!r:.80}")
+                continue
+            known[name] = tuple(value)
+            continue
+        try:
+            value = coerce(value, hints[name], name)
+        except ConfigError as e:
+            problems.append(str(e))
+            continue
+        if name in ranges:  # NaN and inf are refused whatever the bounds
+            problems += ranges[name].problems(name, value)
+        known[name] = value
+    if len(known.get("channels") or ()) > MAX_STAGES:
+        problems.append(f"channels must hold at most {MAX_STAGES} values (one conv stage each), got "
+                        f"{len(known['channels'])}")
+    if "data" in known:
+        problems += _data_problems(known["data"])
+    if not problems:
+        try:
+            config = ClassifierConfig.from_dict(known)
+            config.validate()
+        except (TypeError, ValueError) as e:
+            problems.append(str(e))
+    if problems:
+        raise bad("; ".join(problems))
+    return config
+
+
+def _data_problems(data: dict) -> list[str]:
+    """What is wrong with the `data` entry of a classifier's config.json (real_data.load_real_data reads it)."""
+    kind = data.get("kind")
+    if kind not in DATA_KINDS:
+        return [f"data.kind must be one of {', '.join(DATA_KINDS)}, got {kind!r}"]
+    problems = []
+
+    def check(key: str, ok, what: str, required: bool = False):
+        if key not in data or data[key] is None:
+            if required:
+                problems.append(f"data.{key} must be {what}, it is missing")
+        elif not ok(data[key]):
+            problems.append(f"data.{key} must be {what}, got {data[key]!r:.80}")
+
+    def whole(x) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    check("path", lambda x: isinstance(x, str) and x != "", "a folder (a string)", required=kind == "image_folder")
+    if kind == "image_folder":
+        check("eval_path", lambda x: isinstance(x, str) and x != "", "a folder (a string) or null")
+        check("resolution", lambda x: whole(x) and x >= 1, "a whole number >= 1", required=True)
+        check("channels", lambda x: whole(x) and x in (1, 3), "1 or 3", required=True)
+        check("holdout", lambda x: isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < 1,
+              "a fraction in (0, 1) or null")
+        check("holdout_seed", lambda x: whole(x) and x >= 0, "a whole number >= 0 or null")
+    return problems
+
+
+def _check_weights_fit(model: ImageClassifier, state: dict[str, torch.Tensor], weights_file: Path,
+                       config_file: Path) -> None:
+    """CheckpointError (one line, both files named) when the tensors of `state` are not those of `model`."""
+    from nextscale.checkpoints import CheckpointError
+    own = model.state_dict()
+    problems = [f"it lacks {k}" for k in own if k not in state]
+    problems += [f"{k} is unexpected" for k in state if k not in own]
+    problems += [f"{k} is {tuple(state[k].shape)}, the config makes it {tuple(v.shape)}" for k, v in own.items()
+                 if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise CheckpointError(f"{weights_file} does not fit {config_file}: {'; '.join(problems[:3])}{more}; the two "
+                              f"files must come from the same `nextscale train-classifier` run")
+
+
 def load_classifier(path: str | os.PathLike | None = None, device: torch.device | str | None = None
                     ) -> ImageClassifier:
-    """A classifier in eval mode: the Fashion-MNIST one shipped with the package, or a folder we wrote."""
-    from nextscale.checkpoints import CONFIG_NAME, WEIGHTS_NAME, read_state_dict
+    """A classifier in eval mode: the Fashion-MNIST one shipped with the package, or a folder we wrote.
+
+    config.json is checked first (check_classifier_config), then the weights are read and their names and shapes
+    compared with the model's, built on the meta device, before any memory is given to it: a bad file is one
+    CheckpointError naming it."""
+    from nextscale.checkpoints import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, read_state_dict
     folder = Path(path) if path is not None else shipped_classifier_path()
     config_file, weights_file = folder / CONFIG_NAME, folder / WEIGHTS_NAME
     if not config_file.is_file() or not weights_file.is_file():
@@ -165,9 +283,16 @@ def load_classifier(path: str | os.PathLike | None = None, device: torch.device 
         raise FileNotFoundError(f"no classifier in {where}: expected config.json and model.safetensors "
                                 f"(train one with `nextscale train-classifier --data FOLDER`)")
     try:
-        config = ClassifierConfig.from_dict(json.loads(config_file.read_text()))
-        model = ImageClassifier(config)
-    except (json.JSONDecodeError, TypeError, ValueError) as e:
-        raise ValueError(f"{config_file} is not a classifier config: {e}") from None
-    model.load_state_dict(read_state_dict(weights_file))
+        meta = json.loads(config_file.read_text())
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{config_file} is not a text (JSON) file ({e.reason}); train the classifier "
+                              f"again") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{config_file} is not valid JSON: {e}") from None
+    config = check_classifier_config(meta, config_file)
+    state = read_state_dict(weights_file)
+    with torch.device("meta"):
+        _check_weights_fit(ImageClassifier(config), state, weights_file, config_file)
+    model = ImageClassifier(config)
+    model.load_state_dict(state)
     return model.to(device).eval() if device is not None else model.eval()

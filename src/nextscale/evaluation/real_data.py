@@ -72,23 +72,22 @@ class LabelledFolder:
     def decode(self, indices=None, desc: str = "", skipped: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """uint8 (n, H, W, C) images and their labels, resized and center-cropped as the transformer's data;
         unreadable files are left out with a warning (and appended to `skipped`)."""
-        from PIL import Image, UnidentifiedImageError
         from tqdm import tqdm
 
-        from nextscale.data.datasets import ImageTransform
+        from nextscale.data.datasets import ImageTransform, read_error_reason
+        from nextscale.images import ImageReadError, open_image
         transform = ImageTransform(self.resolution, train=False, channels=self.channels)
         indices = np.arange(len(self.paths)) if indices is None else np.asarray(indices)
         images, labels = [], []
         for i in tqdm(indices.tolist(), desc=desc or f"reading {self.root}", leave=False, disable=len(indices) < 200):
             path = self.paths[i]
-            try:
-                with Image.open(path) as im:
-                    im.load()
+            try:  # open_image refuses a file whose header claims more than its pixel cap, before decoding
+                with open_image(path) as im:
                     x = transform(im)
-            except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+            except (ImageReadError, OSError, ValueError) as e:
                 if skipped is not None:
                     skipped.append(str(path))
-                warnings.warn(f"skipping unreadable image {path} ({e or type(e).__name__})", stacklevel=2)
+                warnings.warn(f"skipping unreadable image {path} ({read_error_reason(e, path)})", stacklevel=2)
                 continue
             images.append(((x.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy())
             labels.append(self.labels[i])

@@ -12,14 +12,12 @@ import torch
 
 import nextscale
 from nextscale.editing import inpaint_keep_mask, outpaint_keep_mask, shade_regenerated
-from nextscale.images import make_grid, pil_to_tensor, to_model_input, to_uint8_hwc
-from nextscale.sampling import class_id, class_names, precision_context, recommended_sampling
+from nextscale.images import DEFAULT_MAX_PIXELS, make_grid, pil_to_tensor, to_model_input, to_uint8_hwc
+from nextscale.sampling import MAX_CFG, MAX_SEED, class_id, class_names, precision_context, recommended_sampling
 from nextscale.serve.inputs import (RequestError, decode_data_url, decode_image, get_bool, get_box, get_choice,
                                     get_float, get_int, png_data_url, shown)
 from nextscale.serve.jobs import Job
 
-MAX_SEED = 2**63 - 1
-MAX_CFG = 100.0
 EDIT_MODES = ("inpaint", "outpaint", "class")
 # Uploads are decoded one at a time, in one thread: a 16-megapixel image costs about 0.5 GB while it is decoded and
 # converted, and each request thread doing it would keep its own malloc arena of freed memory. A request waits up to
@@ -35,7 +33,7 @@ class ModelRunner:
     """The model of this server, and the checks and work of generate / edit requests."""
 
     def __init__(self, var, name: str, device: torch.device, dtype: str = "float32", max_images: int = 16,
-                 max_upload_bytes: int = 10_000_000, max_pixels: int = 16_000_000):
+                 max_upload_bytes: int = 10_000_000, max_pixels: int = DEFAULT_MAX_PIXELS):
         self.var = var.eval()
         self.vae = var.tokenizer
         self.name = name

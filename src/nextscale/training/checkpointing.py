@@ -14,8 +14,8 @@ Usage:
         model.load_state_dict(state["model"]); ...
         restore_rng_state(state["rng"], {"data": data_generator})
 
-Writes go to a temporary file in the same folder, are fsync'ed, then renamed over the target
-(`os.replace` is atomic on POSIX), so a crash mid-write never leaves a truncated checkpoint
+Writes go to a temporary file in the same folder, are fsync'ed, given the usual permissions (0644 under
+umask 022), then renamed over the target (`os.replace` is atomic on POSIX), so a crash mid-write never leaves a truncated checkpoint
 and never replaces the previous good one; it leaves the temp file (`.step_N.pt.XXXX.tmp`, as large
 as a checkpoint), which `remove_stale_temp_files` deletes when the next run starts. A checkpoint
 damaged anyway (a disk error, a partial copy) is skipped by `load_latest` with a warning: it is
@@ -59,8 +59,24 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (os.umask alone must set it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, write_fn) -> None:
-    """Call `write_fn(file_object)` on a temp file beside `path`, fsync it, then rename it to `path`."""
+    """Call `write_fn(file_object)` on a temp file beside `path`, fsync it, then rename it to `path`.
+
+    The file gets the permissions a plain open() would give a new file (0666 less the umask: 0644 under umask
+    022), not the temp file's private 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -69,6 +85,7 @@ def atomic_write(path: str | os.PathLike, write_fn) -> None:
             write_fn(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -163,12 +180,14 @@ class CheckpointManager:
         found = self.all()
         return found[-1][1] if found else None
 
-    def load_latest(self, map_location="cpu", set_aside: bool = True) -> tuple[Path, dict] | None:
+    def load_latest(self, map_location="cpu", set_aside: bool = True, using: str = "resuming from"
+                    ) -> tuple[Path, dict] | None:
         """(path, state) of the newest checkpoint that loads; None when none does (or there is none).
 
-        A newer one that does not load is reported in one line (DamagedCheckpointWarning) and, with `set_aside`,
-        renamed to `step_N.pt.damaged` (its .yaml too): kept for inspection, out of the way of the next resume
-        and of keep-last pruning. Only one process of a distributed run should set files aside."""
+        A newer one that does not load is reported in one line (DamagedCheckpointWarning: "skipping the damaged
+        checkpoint ..., {using} an older one if any") and, with `set_aside`, renamed to `step_N.pt.damaged` (its
+        .yaml too): kept for inspection, out of the way of the next resume and of keep-last pruning. Only one
+        process of a distributed run should set files aside; readers that only read (export) leave them."""
         for _, path in reversed(self.all()):
             try:
                 return path, load_checkpoint(path, map_location=map_location)
@@ -176,7 +195,7 @@ class CheckpointManager:
                 kept = self.set_aside(path) if set_aside and path.exists() else None
                 reason = " ".join(str(e).split())  # one line
                 warnings.warn(f"skipping the damaged checkpoint {path}" + (f" (kept as {kept.name})" if kept else "")
-                              + f", resuming from an older one if any: {reason}", DamagedCheckpointWarning,
+                              + f", {using} an older one if any: {reason}", DamagedCheckpointWarning,
                               stacklevel=2)
         return None
 

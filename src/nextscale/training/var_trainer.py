@@ -902,16 +902,39 @@ def generate_images(model, labels, seed: int, cfg: float, top_k: int, top_p: flo
     return nextscale.sample(model, labels=labels, seed=seed, cfg=cfg, top_k=top_k, top_p=top_p).images
 
 
-def checkpoint_to_model(path: str | os.PathLike, tokenizer: str | None = None):
-    """The transformer of a training checkpoint with its tokenizer attached (the run's tokenizer/ by default)."""
-    import nextscale
+def read_run_checkpoint(path: str | os.PathLike) -> tuple[Path, dict]:
+    """(path, state) of a training checkpoint, or of a run folder's newest checkpoint that loads.
+
+    A run folder's newer checkpoints that do not load (truncated, damaged) are skipped with a
+    DamagedCheckpointWarning naming each, as resume=auto skips them, but left in place (resume sets them aside).
+    A checkpoint named by its path must load: ValueError in one line otherwise."""
     path = Path(path)
-    if path.is_dir():  # a run folder: its newest checkpoint
-        latest = CheckpointManager(path / "checkpoints").latest() or CheckpointManager(path).latest()
-        if latest is None:
-            raise FileNotFoundError(f"no checkpoint (checkpoints/step_*.pt) found in {path}")
-        path = latest
-    state = load_checkpoint(path)
+    if not path.is_dir():
+        try:
+            return path, load_checkpoint(path)
+        except ValueError as e:
+            raise ValueError(f"{' '.join(str(e).split())}: it is damaged or truncated; pass the run folder to "
+                             f"use its newest checkpoint that loads, or an older checkpoint") from None
+    ckpts = CheckpointManager(path / "checkpoints")
+    if not ckpts.all():
+        ckpts = CheckpointManager(path)
+    found = ckpts.all()
+    if not found:
+        raise FileNotFoundError(f"no checkpoint (checkpoints/step_*.pt) found in {path}")
+    latest = ckpts.load_latest(set_aside=False, using="using")
+    if latest is None:
+        raise ValueError(f"none of the {len(found)} checkpoint(s) in {ckpts.folder} can be read (the newest, "
+                         f"{found[-1][1].name}, and every older one are damaged or truncated): train again, or "
+                         f"restore a copy of the run")
+    return latest
+
+
+def checkpoint_to_model(path: str | os.PathLike, tokenizer: str | None = None):
+    """The transformer of a training checkpoint with its tokenizer attached (the run's tokenizer/ by default).
+    A run folder stands for its newest checkpoint that loads (read_run_checkpoint); `trained_steps` in the
+    model's extra_config says which."""
+    import nextscale
+    path, state = read_run_checkpoint(path)
     if "model_config" not in state:
         raise ConfigError(f"{path} is not a transformer training checkpoint (written by `nextscale train`)")
     tok_path = Path(tokenizer) if tokenizer else path.parent.parent / "tokenizer"
