@@ -259,3 +259,45 @@ def test_var_resume_auto_falls_back_past_a_damaged_checkpoint(tmp_path, capsys):
     summary = falls_back_past_a_damaged_checkpoint(tmp_path, train, cfg, "loss")
     assert summary["start_step"] == 2
     assert "resumed from" in capsys.readouterr().out
+
+
+class _RecordingSummaryWriter:
+    """Stands in for torch.utils.tensorboard.SummaryWriter (tensorboard is not a dependency): records how the
+    logger opened it and what it wrote."""
+    opened: list = []
+
+    def __init__(self, logdir, purge_step=None):
+        self.opened.append({"logdir": logdir, "purge_step": purge_step})
+        self.steps = []
+
+    def add_scalar(self, tag, value, step):
+        self.steps.append(step)
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def recording_tensorboard(monkeypatch):
+    import types
+    module = types.ModuleType("torch.utils.tensorboard")
+    module.SummaryWriter = _RecordingSummaryWriter
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", module)
+    _RecordingSummaryWriter.opened = []
+    return _RecordingSummaryWriter.opened
+
+
+def test_a_resumed_run_purges_tensorboard_events_after_its_checkpoint(tmp_path, recording_tensorboard):
+    """TensorBoard keeps every event file of a run folder: a resumed run must tell it to drop the killed run's
+    events from the resume step on, or the curves show those steps twice (as metrics.jsonl did)."""
+    MetricsLogger(tmp_path, resumed_step=0).close()
+    MetricsLogger(tmp_path, resumed_step=300).close()
+    assert [o["purge_step"] for o in recording_tensorboard] == [None, 301]
+
+
+def test_the_var_trainer_opens_tensorboard_with_its_resume_step(tmp_path, recording_tensorboard):
+    from nextscale.training.var_trainer import config_from, train
+    overrides = var_overrides(tmp_path)
+    train(config_from({}, [*overrides, "steps=3", "tensorboard=true"]))
+    train(config_from({}, [*overrides, "steps=6", "tensorboard=true"]))  # resumes at its step-3 checkpoint
+    assert [o["purge_step"] for o in recording_tensorboard] == [None, 4]

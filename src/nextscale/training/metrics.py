@@ -35,7 +35,7 @@ class MetricsLogger:
     """Appends `{"step": s, "time": t, **metrics}` lines to `folder/metrics.jsonl` (rank 0 only)."""
 
     def __init__(self, folder: str | os.PathLike, enabled: bool = True, tensorboard: bool = True,
-                 filename: str = "metrics.jsonl"):
+                 filename: str = "metrics.jsonl", resumed_step: int = 0):
         self.enabled = enabled
         self.path = Path(folder) / filename
         self._file = None
@@ -47,7 +47,10 @@ class MetricsLogger:
         if tensorboard:
             try:  # optional: only when the tensorboard package is installed
                 from torch.utils.tensorboard import SummaryWriter
-                self._tb = SummaryWriter(str(self.path.parent / "tensorboard"))
+                # A resumed run logs the steps after its checkpoint again: purge_step makes TensorBoard drop
+                # the earlier run's events from there on (as drop_records_after does for the JSONL file).
+                self._tb = SummaryWriter(str(self.path.parent / "tensorboard"),
+                                         purge_step=resumed_step + 1 if resumed_step > 0 else None)
             except Exception:
                 self._tb = None
 

@@ -409,7 +409,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> dict:
         if dropped:
             dist_utils.print_main(f"metrics.jsonl: dropped {dropped} line(s) after step {step}, which this run "
                                   f"trains again")
-    metrics = MetricsLogger(out_dir, enabled=main)
+    metrics = MetricsLogger(out_dir, enabled=main, resumed_step=step)
 
     def save(step_now: int) -> None:
         # Every rank's random state is gathered so that each resumes its own stream.

@@ -817,7 +817,7 @@ class _Trainer:
     def run(self) -> dict:
         self.setup()
         cfg = self.cfg
-        metrics = MetricsLogger(self.out, enabled=self.main, tensorboard=cfg.tensorboard)
+        metrics = MetricsLogger(self.out, enabled=self.main, tensorboard=cfg.tensorboard, resumed_step=self.step)
         bar = progress_bar(total=self.total_steps, initial=self.step, desc="train", unit="step",
                            enabled=self.main and cfg.progress)
         start_step = self.step
