@@ -16,9 +16,12 @@ writes OUT/results.json, OUT/*.png (one plot per relation) and prints a table.
 Resumable: a killed sweep continues where it stopped (a size's run resumes from its checkpoints, finished
 sizes are not trained again, each size's sample-quality results are cached in OUT/d*_w*/quality.json).
 
-Training FLOPs per step are counted with torch.utils.flop_counter on one training step (forward and
-backward, the batch of the recipe; the attention is counted as the dense masked product that runs); the
-analytic 6 x (matmul parameters) x tokens + 12 x depth x L^2 x width x batch is recorded beside it as a check.
+Training FLOPs per step are counted analytically: 6 x (matmul parameters applied per token) x tokens
++ 6 x (AdaLN parameters, applied once per image to its class embedding) x images + attention, 12 x depth x
+L^2 x width x images (QK^T and AV over all L = 155 positions, as the dense masked kernel computes them;
+forward and backward). torch.utils.flop_counter on one training step is recorded beside it as a check: it
+counts the matmuls (within 2.5% of the first two terms at the default sizes; the analytic count includes the
+biases) but not the CPU attention kernel.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ PAPER = {
     "pearson": -0.998,
 }
 LOOKUP_PARAMS = ("pos_start", "pos_1LC", "class_emb.", "lvl_embed.")  # tables read by index: no FLOPs
+PER_SAMPLE_PARAMS = ("ada_lin.", "head_nm.ada_lin.")  # the class-conditioned AdaLN: once per image, not per token
 EMBEDDING_PARAMS = LOOKUP_PARAMS + ("word_embed.", "head.")  # excluded from the non-embedding count
 
 
@@ -161,7 +165,8 @@ def model_info(depth: int, width: int, tokenizer: str, batch: int, num_classes: 
     named = [(n, p.numel()) for n, p in model.named_parameters() if p.requires_grad]
     total = sum(k for _, k in named)
     non_embedding = sum(k for n, k in named if not n.startswith(EMBEDDING_PARAMS))
-    matmul = sum(k for n, k in named if not n.startswith(LOOKUP_PARAMS))
+    per_sample = sum(k for n, k in named if any(part in n for part in PER_SAMPLE_PARAMS))
+    per_token = sum(k for n, k in named if not n.startswith(LOOKUP_PARAMS)) - per_sample
     L = sum(p * p for p in vae.patch_nums)
     g = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, vae.vocab_size, (batch, L), generator=g)
@@ -170,10 +175,13 @@ def model_info(depth: int, width: int, tokenizer: str, batch: int, num_classes: 
     with FlopCounterMode(display=False) as counter:
         logits = model(labels, inputs)
         F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1)).backward()
-    analytic = 6 * matmul * batch * L + 12 * depth * L * L * width * batch
+    attention = 12 * depth * L * L * width * batch  # QK^T and AV, 2 L^2 width each, x3 for the backward
+    matmuls = 6 * per_token * batch * L + 6 * per_sample * batch
     return {"depth": depth, "width": width, "heads": heads_for(width), "params": total,
-            "params_non_embedding": non_embedding, "tokens_per_image": L,
-            "flops_per_step": int(counter.get_total_flops()), "flops_per_step_analytic": int(analytic)}
+            "params_non_embedding": non_embedding, "params_per_token_matmul": per_token,
+            "params_per_image_adaln": per_sample, "tokens_per_image": L,
+            "flops_per_step": int(matmuls + attention), "flops_per_step_attention": int(attention),
+            "flops_per_step_counted": int(counter.get_total_flops())}
 
 
 def trained_steps(model_dir: Path) -> int | None:
@@ -232,9 +240,12 @@ def quality(args, run_dir: Path) -> dict:
     return out
 
 
-def held_out(run_dir: Path) -> dict:
-    """The last held-out record of a run: loss overall and at the last scale, token error rates."""
+def held_out(run_dir: Path, at_step: int | None = None) -> dict:
+    """The last held-out record of a run (or the one at `at_step`): loss overall and at the last scale, token
+    error rates."""
     evals = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "eval_loss" in r]
+    if at_step is not None:
+        evals = [r for r in evals if r["step"] == at_step]
     if not evals:
         return {}
     r = evals[-1]
@@ -243,10 +254,10 @@ def held_out(run_dir: Path) -> dict:
             "token_error": 1 - r["eval_acc"], "token_error_last": 1 - r[f"eval_acc_s{last}"]}
 
 
-def loss_curve(run_dir: Path, flops_per_step: int, window: int) -> dict:
+def loss_curve(run_dir: Path, flops_per_step: int, window: int, up_to_step: int | None = None) -> dict:
     """Loss against training compute: the training loss (every log_every steps, on images not seen before while
     the run is under one epoch, smoothed) and the held-out loss records."""
-    recs = read_jsonl(run_dir / "metrics.jsonl")
+    recs = [r for r in read_jsonl(run_dir / "metrics.jsonl") if up_to_step is None or r["step"] <= up_to_step]
     train = {r["step"]: r for r in recs if "loss" in r}  # a resumed run may log a step twice: keep one
     evals = {r["step"]: r for r in recs if "eval_loss" in r}
     ts, es = sorted(train), sorted(evals)
@@ -271,7 +282,7 @@ def _loglog_line(ax, fit, xs, label, **kw):
     ax.plot(x, power_law(x, fit["log_a"], fit["b"], fit.get("c", 0.0)), label=label, **kw)
 
 
-def plot_all(results: dict, out: Path) -> list[str]:
+def plot_all(results: dict, out: Path, tag: str = "") -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -295,7 +306,7 @@ def plot_all(results: dict, out: Path) -> list[str]:
     _plain_ticks(ax)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    paths.append(str(out / "loss_vs_params.png"))
+    paths.append(str(out / f"loss_vs_params{tag}.png"))
     fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
 
@@ -312,7 +323,7 @@ def plot_all(results: dict, out: Path) -> list[str]:
     _plain_ticks(ax)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    paths.append(str(out / "error_vs_params.png"))
+    paths.append(str(out / f"error_vs_params{tag}.png"))
     fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
 
@@ -344,7 +355,7 @@ def plot_all(results: dict, out: Path) -> list[str]:
     _plain_ticks(ax)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    paths.append(str(out / "loss_vs_compute.png"))
+    paths.append(str(out / f"loss_vs_compute{tag}.png"))
     fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
 
@@ -363,7 +374,7 @@ def plot_all(results: dict, out: Path) -> list[str]:
         ax1.legend(h1 + h2, l1 + l2, fontsize=7, loc="center right")
         ax1.set_title(f"sample quality vs parameters ({q[0]['quality']['num_images']} samples, cfg {results['cfg']})")
         fig.tight_layout()
-        paths.append(str(out / "quality_vs_params.png"))
+        paths.append(str(out / f"quality_vs_params{tag}.png"))
         fig.savefig(paths[-1], dpi=110)
         plt.close(fig)
     return paths
@@ -432,8 +443,13 @@ def main(argv=None) -> int:
                    help="the compute frontier uses each run's curve from this step on (default: 2 x warmup)")
     p.add_argument("--report-only", action="store_true",
                    help="train and sample nothing: table, fits and plots of the sizes that have finished")
+    p.add_argument("--at-step", type=int, default=None,
+                   help="with --report-only: every size's held-out metrics at this step (a step of --eval-every), "
+                        "sizes still training included: the same point of the same schedule for all")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more `nextscale train` overrides")
     args = p.parse_args(argv)
+    if args.at_step and not args.report_only:
+        p.error("--at-step only goes with --report-only")
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # also the `nextscale eval` subprocesses
     import torch
     torch.set_num_threads(args.threads)
@@ -453,14 +469,16 @@ def main(argv=None) -> int:
     for depth, width in parse_sizes(args):
         name = size_name(depth, width)
         run_dir = out / name
-        if args.report_only and trained_steps(run_dir / "model") != args.steps:
+        finished = trained_steps(run_dir / "model") == args.steps
+        if args.report_only and not (finished or (args.at_step and held_out(run_dir, args.at_step))):
             log(f"[{name}] not finished: left out (--report-only)")
             continue
         run_dir.mkdir(exist_ok=True)
         info_path = run_dir / "size.json"
         info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-        if info.get("batch") != args.batch or "flops_per_step" not in info:
-            info = {**model_info(depth, width, args.tokenizer, args.batch), "batch": args.batch, "train_seconds": 0.0}
+        if info.get("batch") != args.batch or "flops_per_step_counted" not in info:
+            info = {**model_info(depth, width, args.tokenizer, args.batch), "batch": args.batch,
+                    "train_seconds": info.get("train_seconds", 0.0)}
             info_path.write_text(json.dumps(info, indent=2) + "\n")
         log(f"[{name}] {info['params']:,} parameters ({info['params_non_embedding']:,} non-embedding), "
             f"{info['flops_per_step']:.3g} FLOPs per step")
@@ -472,21 +490,22 @@ def main(argv=None) -> int:
         qual = quality(args, run_dir)
         if time.perf_counter() - q_start > 1:
             log(f"[{name}] quality: {qual}")
-        steps = trained_steps(run_dir / "model") or args.steps
+        steps = args.at_step or trained_steps(run_dir / "model") or args.steps
         sizes.append({"name": name, **info, "steps": steps, "train_flops": info["flops_per_step"] * steps,
-                      "held_out": held_out(run_dir), "quality": qual,
-                      "curve": loss_curve(run_dir, info["flops_per_step"], args.smooth),
-                      "model": str(run_dir / "model")})
+                      "held_out": held_out(run_dir, args.at_step), "quality": qual if finished else {},
+                      "curve": loss_curve(run_dir, info["flops_per_step"], args.smooth, args.at_step),
+                      "model": str(run_dir / "model") if finished else None})
     results = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                "cfg": args.cfg, "paper": PAPER, "sizes": sizes,
                "fits": analyse(sizes, args.smooth, 2 * args.warmup if args.frontier_from_step is None
                                else args.frontier_from_step),
                "this_invocation_seconds": time.perf_counter() - start,
                "train_seconds_total": sum(s["train_seconds"] for s in sizes)}
-    results["plots"] = plot_all(results, out) if len(sizes) >= 2 else []
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    tag = f"_step{args.at_step}" if args.at_step else ""  # a report at one step does not replace the sweep's
+    results["plots"] = plot_all(results, out, tag) if len(sizes) >= 2 else []
+    (out / f"results{tag}.json").write_text(json.dumps(results, indent=2) + "\n")
     print(format_table(results))
-    log(f"wrote {out / 'results.json'}")
+    log(f"wrote {out / f'results{tag}.json'}")
     return 0
 
 
