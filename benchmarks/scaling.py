@@ -262,7 +262,8 @@ def loss_curve(run_dir: Path, flops_per_step: int, window: int, up_to_step: int 
     evals = {r["step"]: r for r in recs if "eval_loss" in r}
     ts, es = sorted(train), sorted(evals)
     last = max((int(k[len("loss_s"):]) for k in train[ts[-1]] if k.startswith("loss_s")), default=None) if ts else None
-    return {"train_steps": ts, "train_loss_smoothed": smooth([train[s]["loss"] for s in ts], window).tolist() if ts else [],
+    return {"train_steps": ts,
+            "train_loss_smoothed": smooth([train[s]["loss"] for s in ts], window).tolist() if ts else [],
             "train_loss_last_smoothed": (smooth([train[s][f"loss_s{last}"] for s in ts], window).tolist()
                                          if last is not None else []),
             "eval_steps": es, "eval_loss": [evals[s]["eval_loss"] for s in es],
@@ -301,7 +302,8 @@ def plot_all(results: dict, out: Path, tag: str = "") -> list[str]:
         if o and math.isfinite(o["b"]):
             _loglog_line(ax, o, N, f"(aN)^b+c: b={o['b']:.3f}, c={o['c']:.2f}", color=color, ls=":")
     ax.set(xscale="log", yscale="log", xlabel="parameters N", ylabel="held-out cross-entropy",
-           title=f"loss vs parameters (paper: b={PAPER['loss_last_vs_params']} last, {PAPER['loss_avg_vs_params']} avg)")
+           title=f"loss vs parameters (paper: b={PAPER['loss_last_vs_params']} last, "
+                 f"{PAPER['loss_avg_vs_params']} avg)")
     ax.legend(fontsize=7)
     _plain_ticks(ax)
     ax.grid(True, which="both", alpha=0.3)
@@ -371,7 +373,7 @@ def plot_all(results: dict, out: Path, tag: str = "") -> list[str]:
         ax2.set(yscale="log", ylabel="Fréchet distance (project classifier)")
         h1, l1 = ax1.get_legend_handles_labels()
         h2, l2 = ax2.get_legend_handles_labels()
-        ax1.legend(h1 + h2, l1 + l2, fontsize=7, loc="center right")
+        ax1.legend(h1 + h2, l1 + l2, fontsize=7, loc="center left")
         ax1.set_title(f"sample quality vs parameters ({q[0]['quality']['num_images']} samples, cfg {results['cfg']})")
         fig.tight_layout()
         paths.append(str(out / f"quality_vs_params{tag}.png"))
@@ -421,7 +423,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="runs/scaling", help="sweep folder (default runs/scaling)")
     p.add_argument("--config", default=str(REPO / "configs" / "var_fashion_mnist.yaml"),
                    help="the training recipe every size shares (default configs/var_fashion_mnist.yaml)")
-    p.add_argument("--tokenizer", default=str(REPO / "src" / "nextscale" / "assets" / "fashion_mnist_var" / "tokenizer"),
+    p.add_argument("--tokenizer", default=str(REPO / "src" / "nextscale" / "assets" / "fashion_mnist_var"
+                                              / "tokenizer"),
                    help="tokenizer (default: the shipped model's)")
     p.add_argument("--token-cache", default="runs/cache_fmnist_train", help="token cache of that tokenizer")
     p.add_argument("--max-depth", type=int, default=5, help="depths 1..this (default 5)")
@@ -457,6 +460,22 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     args.out = out
+    if not args.report_only:  # two sweeps training in one folder would resume each other's runs
+        import fcntl
+        lock = open(out / ".sweep.lock", "w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.close()
+            p.error(f"another sweep is training in {out}; wait for it (or use --report-only)")
+        try:
+            return sweep(args, out)
+        finally:
+            lock.close()
+    return sweep(args, out)
+
+
+def sweep(args, out: Path) -> int:
     start = time.perf_counter()
 
     def log(msg):
@@ -482,7 +501,7 @@ def main(argv=None) -> int:
             info_path.write_text(json.dumps(info, indent=2) + "\n")
         log(f"[{name}] {info['params']:,} parameters ({info['params_non_embedding']:,} non-embedding), "
             f"{info['flops_per_step']:.3g} FLOPs per step")
-        seconds = train_size(args, run_dir, depth, width, log)
+        seconds = 0.0 if args.report_only else train_size(args, run_dir, depth, width, log)
         if seconds:
             info["train_seconds"] = info.get("train_seconds", 0.0) + seconds
             info_path.write_text(json.dumps(info, indent=2) + "\n")
@@ -490,9 +509,11 @@ def main(argv=None) -> int:
         qual = quality(args, run_dir)
         if time.perf_counter() - q_start > 1:
             log(f"[{name}] quality: {qual}")
+        finished = trained_steps(run_dir / "model") == args.steps  # (now that it may have trained)
         steps = args.at_step or trained_steps(run_dir / "model") or args.steps
         sizes.append({"name": name, **info, "steps": steps, "train_flops": info["flops_per_step"] * steps,
-                      "held_out": held_out(run_dir, args.at_step), "quality": qual if finished else {},
+                      "held_out": held_out(run_dir, args.at_step),
+                      "quality": qual if finished and not args.at_step else {},
                       "curve": loss_curve(run_dir, info["flops_per_step"], args.smooth, args.at_step),
                       "model": str(run_dir / "model") if finished else None})
     results = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
@@ -517,7 +538,8 @@ def format_table(results: dict) -> str:
         lines.append(f"{s['name']:<9} {s['params']:>9,} {s['params_non_embedding']:>9,} {s['train_flops']:>11.3g} "
                      f"{h.get('loss', float('nan')):>6.3f} {h.get('loss_last', float('nan')):>6.3f} "
                      f"{h.get('token_error', float('nan')):>6.3f} {h.get('token_error_last', float('nan')):>8.3f} "
-                     f"{q.get('class_accuracy') or float('nan'):>7.3f} {q.get('frechet_distance') or float('nan'):>8.2f} "
+                     f"{q.get('class_accuracy') or float('nan'):>7.3f} "
+                     f"{q.get('frechet_distance') or float('nan'):>8.2f} "
                      f"{s['train_seconds']:>8.0f}")
     for which, fits in results["fits"].items():
         if which == "compute":

@@ -134,6 +134,14 @@ def test_sweep_records_every_size_and_a_rerun_repeats_no_work(workdir, tmp_path,
     log = (out / "sweep.log").read_text()
     assert log.count("nextscale train") == 3
 
+    # A report at one step of the schedule (as for a sweep still running) trains and samples nothing either,
+    # and writes its own files beside the sweep's.
+    assert scaling.main(sweep_args(workdir, out) + ["--report-only", "--at-step", "2"]) == 0
+    assert len(calls) == 3 and (out / "sweep.log").read_text().count("nextscale train") == 3
+    at2 = json.loads((out / "results_step2.json").read_text())
+    assert [s["held_out"]["step"] for s in at2["sizes"]] == [2, 2, 2]
+    assert {n: (out / n / "metrics.jsonl").read_text() for n in names} == metrics
+
     # Killed in the last size (its export and quality missing, its checkpoints kept): only that size is redone,
     # from its checkpoint, so it trains no step again.
     import shutil
@@ -143,3 +151,11 @@ def test_sweep_records_every_size_and_a_rerun_repeats_no_work(workdir, tmp_path,
     assert len(calls) == 4 and (out / "sweep.log").read_text().count("nextscale train") == 4
     assert {n: (out / n / "metrics.jsonl").read_text() for n in names} == metrics
     assert (out / "d2_w32" / "model" / "config.json").is_file()
+
+    # Two sweeps do not train in one folder at once (they would resume each other's runs).
+    import fcntl
+    with open(out / ".sweep.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(SystemExit):
+            scaling.main(sweep_args(workdir, out))
+        assert scaling.main(sweep_args(workdir, out) + ["--report-only"]) == 0
