@@ -412,6 +412,12 @@ def test_held_out_loss_and_accuracy_every_eval_every_steps_and_at_the_end(workdi
     for r in evals:
         assert r["eval_loss"] > 0 and 0 <= r["eval_acc"] <= 1
         assert {f"eval_acc_s{k}" for k in range(4)} <= set(r)
+        # Per-scale held-out loss (the scaling benchmark's last-scale loss): the overall loss is their
+        # token-weighted mean, so it lies between the smallest and the largest.
+        scale_losses = [v for k, v in r.items() if k.startswith("eval_loss_s")]
+        assert len(scale_losses) == len([k for k in r if k.startswith("eval_acc_s")]) >= 4
+        assert all(v > 0 for v in scale_losses)
+        assert min(scale_losses) - 1e-6 <= r["eval_loss"] <= max(scale_losses) + 1e-6
     assert summary["eval_loss"] == evals[-1]["eval_loss"]
 
 

@@ -16,7 +16,7 @@ the data order with the step; with the model, optimizer, scheduler, gradient sca
 rank's random states it makes a resumed run continue exactly as an uninterrupted one.
 
 Held-out metrics: every `eval_every` steps and at the end, the loss and token accuracy (overall and
-per scale: eval_loss, eval_acc, eval_acc_s{k}) on up to `eval_images` held-out images (Fashion-MNIST's
+per scale: eval_loss, eval_acc, eval_loss_s{k}, eval_acc_s{k}) on up to `eval_images` held-out images (Fashion-MNIST's
 test split, data.eval_path or data.eval_fraction of an image folder), tokenized once at setup. They
 draw no random numbers, so resuming stays exact.
 
@@ -623,6 +623,7 @@ class _Trainer:
         rec = {"eval_loss": float(total[0] / total[2]), "eval_acc": float(total[1] / total[2])}
         if len(self.segments) > 1:
             rec.update({f"eval_acc_s{s}": float(a) for s, a in enumerate((summed[1] / summed[2]).tolist())})
+            rec.update({f"eval_loss_s{s}": float(v) for s, v in enumerate((summed[0] / summed[2]).tolist())})
         return rec
 
     def _wrap(self, model):
