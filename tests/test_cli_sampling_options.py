@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 
 import nextscale
+import nextscale.rejection
 from nextscale.cli import main
 from nextscale.evaluation.classifier import ClassifierConfig, ImageClassifier
 
@@ -119,3 +120,29 @@ def test_help_explains_the_options(capsys):
     with pytest.raises(SystemExit):
         main(["edit", "--help"])
     assert "--guidance SCHEDULE" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_reject_with_the_inception_weights_and_its_label_map(model_args, ref_var, tmp_path, capsys):
+    """The FID Inception (random weights here, saved as pytorch-fid's file would be) with a label map in the
+    TensorFlow graph's format: the CLI keeps what Python keeps."""
+    from nextscale.evaluation.inception import FIDInceptionV3
+    torch.manual_seed(0)
+    weights = tmp_path / "pt_inception.pth"
+    torch.save(FIDInceptionV3().state_dict(), weights)
+    labels_map = tmp_path / "imagenet_2012_challenge_label_map_proto.pbtxt"
+    labels_map.write_text("".join(f'entry {{\n  target_class: {1 + 3 * i}\n  target_class_string: "n{i:08d}"\n}}\n'
+                                  for i in range(10)))
+    out = tmp_path / "kept"
+    assert main(["sample", *model_args, "--class", "4", "--num-per-class", "1", "--seed", "2", "--npz",
+                 "--no-grid", "--no-images", "--reject-with", str(weights), "--inception-labels", str(labels_map),
+                 "--out", str(out)]) == 0
+    assert "kept 1 of 2 candidates" in capsys.readouterr().out
+    python = nextscale.sample(ref_var, [4], seed=2, per_image_seeds=True, keep=0.5, batch_size=16,
+                              reject_with=nextscale.rejection.class_scorer(str(weights), ref_var,
+                                                                           class_map=labels_map))
+    images = npz_images(out)[0]
+    assert np.abs(images.astype(int) - nextscale.images.to_uint8_hwc(python.images).astype(int)).max() <= 1
+    assert main(["sample", *model_args, "--class", "4", "--reject-with", str(weights), "--out",
+                 str(tmp_path / "no_map")]) == 2
+    assert "give its label map" in capsys.readouterr().err
