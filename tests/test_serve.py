@@ -132,6 +132,21 @@ def test_generate_equals_sample_and_reports_every_scale(url, var):
     assert [s["pn"] for s in again["scales"]] == [6, 8]
 
 
+def test_generate_with_a_guidance_schedule_equals_sample(url, var):
+    info = request(f"{url}/api/info")[1]
+    assert info["defaults"]["guidance"] == "linear"
+    assert info["guidance_choices"] == ["linear", "constant"] + [f"truncated:{n}" for n in range(7)]
+    status, job = request(f"{url}/api/generate", {"class": "Bag", "seed": 2, "num_images": 2,
+                                                  "guidance": "truncated:3"})
+    assert status == 202
+    job = wait_done(url, job["id"])
+    assert job["status"] == "done", job["error"]
+    assert job["result"]["settings"]["guidance"] == "truncated:3"
+    expected = nextscale.sample(var, [8, 8], seed=2, per_image_seeds=True, guidance="truncated:3")
+    got = np.stack([decode(u) for u in job["result"]["images"]])
+    assert np.abs(got.astype(int) - as_uint8(expected.images).astype(int)).max() <= 1
+
+
 @pytest.mark.parametrize("body, message", [
     ({"cfg": -1}, "cfg must be a number between 0 and 100, got -1"),
     ({"cfg": "nan"}, "cfg must be a number"),
@@ -142,6 +157,10 @@ def test_generate_equals_sample_and_reports_every_scale(url, var):
     ({"num_images": 9}, "num_images must be between 1 and 8, got 9"),
     ({"class": "Dragon"}, "unknown class 'Dragon'"),
     ({"class": 11}, "class id 11 is outside [0, 10]"),
+    ({"guidance": "cosine"}, "guidance must be 'linear' (the paper's ramp, the default), 'constant', or "
+                             "'truncated:N' with N a whole number in [0, 7]"),
+    ({"guidance": "truncated:8"}, "got 'truncated:8'"),
+    ({"guidance": 3}, "guidance must be a text such as 'linear', got 3"),
 ])
 def test_invalid_generate_values_are_refused_with_a_message(url, body, message):
     status, answer = request(f"{url}/api/generate", body)
@@ -344,6 +363,7 @@ def page(browser, url):
 
 def test_browser_generates_images_of_the_chosen_class(page, var):
     page.click("#tab-generate")
+    assert page.input_value("#gen-guidance") == "linear"  # the default: the paper's ramp
     page.select_option("#gen-class", "Sneaker")
     page.fill("#gen-seed", "3")
     page.fill("#gen-num", "2")
@@ -377,6 +397,7 @@ def test_browser_inpaints_a_test_image(page, var):
     assert abs(y0 - 0.25) < 0.02 and abs(x1 - 0.75) < 0.02
     page.select_option("#edit-mode", "inpaint")
     page.fill("#edit-seed", "1")
+    page.select_option("#edit-guidance", "truncated:5")  # the ramp on 5 of the 7 scales
     page.click("#edit-submit")
     page.wait_for_selector("#edit-out[data-state=done]", timeout=60_000)
     figures = page.eval_on_selector_all("#edit-result figcaption", "es => es.map(e => e.textContent)")
@@ -385,7 +406,7 @@ def test_browser_inpaints_a_test_image(page, var):
     original = decode(sources[0])
     expected = nextscale.edit(var, torch.from_numpy(original).permute(2, 0, 1).float().div(255)[None],
                               inpaint_keep_mask((y0, x0, y1, x1), 8), labels=10, generator=seeded_generators([1]),
-                              **var.extra_config["sampling"])
+                              guidance="truncated:5", **var.extra_config["sampling"])
     assert np.abs(decode(sources[2]).astype(int) - as_uint8(expected.images)[0].astype(int)).max() <= 1
     assert page.get_attribute("#edit-result a.download", "download") == "nextscale_edit_seed1.png"
 

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from nextscale.images import load_images, to_model_input
-from nextscale.sampling import (Generators, SampleOutput, _tokenizer_of, as_label_tensor, generate_tokens,
-                                request_generator, resolve_sampling)
+from nextscale.sampling import (Generators, GuidanceSchedule, SampleOutput, _tokenizer_of, as_label_tensor,
+                                generate_tokens, parse_guidance, request_generator, resolve_sampling)
 from nextscale.transformer.var import VAR
 
 
@@ -71,7 +71,8 @@ def shade_regenerated(image_13HW: torch.Tensor, keep: torch.Tensor) -> torch.Ten
 @torch.no_grad()
 def edit(var: VAR, image, keep_mask: torch.Tensor, labels=None, seed: int | None = None, cfg: float | None = None,
          top_k: int | None = None, top_p: float | None = None, more_smooth: bool = False,
-         generator: Generators = None, on_scale=None, per_image_seeds: bool = False) -> SampleOutput:
+         generator: Generators = None, on_scale=None, per_image_seeds: bool = False,
+         guidance: GuidanceSchedule | str = "linear") -> SampleOutput:
     """Regenerate the parts of `image` where `keep_mask` is 0, conditioned on the kept parts.
 
     image: a tensor (B, C, H, W) in [0, 1], a PIL image, a path, or a list of those; any size and mode
@@ -89,10 +90,13 @@ def edit(var: VAR, image, keep_mask: torch.Tensor, labels=None, seed: int | None
     `edit(var, img.expand(n, -1, -1, -1), keep, seed=s, per_image_seeds=True)` equals the n variations
     of `nextscale edit --seed s --num n`; or pass `generator` (one, or one per image).
     on_scale: called after each scale, as in `generate_tokens`.
+    guidance: the guidance schedule, as in `sample` ("linear", the paper's ramp, by default; "constant";
+    "truncated:N").
     """
     vae = _tokenizer_of(var)
     device = var.pos_1LC.device
     settings = resolve_sampling(var, cfg, top_k, top_p)
+    guidance = parse_guidance(guidance, len(var.patch_nums))
     img_B3HW = to_model_input(load_images(image), vae.resolution, vae.config.image_channels).to(device)
     B = img_B3HW.shape[0]
     size = var.patch_nums[-1]
@@ -116,5 +120,5 @@ def edit(var: VAR, image, keep_mask: torch.Tensor, labels=None, seed: int | None
     if isinstance(generator, (list, tuple)) and len(generator) != B:
         raise ValueError(f"{len(generator)} generators for {B} images: pass one generator per image")
     tokens, f_hat = generate_tokens(var, labels_B, generator, settings["cfg"], settings["top_k"], settings["top_p"],
-                                    more_smooth, forced=forced, on_scale=on_scale)
+                                    more_smooth, forced=forced, on_scale=on_scale, guidance=guidance)
     return SampleOutput(images=vae.decode_fhat(f_hat).add(1).mul(0.5), tokens=tokens, labels=labels_B)

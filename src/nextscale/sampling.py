@@ -4,6 +4,14 @@ Random-number protocol (reproduces the reference sampler token for token): one g
 with the seed; labels, when not given, are drawn first with one multinomial over a uniform class
 distribution; then per scale one `torch.multinomial` over the (B*l, V) filtered probabilities, and
 in "more smooth" mode one `exponential_` draw of shape (B, l, V) for the Gumbel noise after it.
+
+Beyond the paper's sampler (each off by default, so the default path is the reference's):
+- guidance schedules (`GuidanceSchedule`): the paper's linear ramp, a constant weight, or a ramp truncated
+  after the first N scales (the unconditional half of the batch and of the KV cache dropped after it);
+- collaborative decoding: a second transformer on the same tokenizer (`refiner`) samples the scales from
+  `switch_at` on, its KV cache first filled by replaying the scales before it;
+- rejection sampling (`reject_with`, `keep`; `nextscale.rejection`): more candidates than asked for, the
+  ones a classifier rates most likely to be their class kept.
 """
 
 from __future__ import annotations
@@ -30,11 +38,86 @@ MAX_SEED = 2**63 - 1
 
 @dataclass
 class SampleOutput:
-    """`images` (B, C, H, W) in [0, 1]; `tokens` one LongTensor (B, pn*pn) per scale; `labels` (B,)."""
+    """`images` (B, C, H, W) in [0, 1]; `tokens` one LongTensor (B, pn*pn) per scale; `labels` (B,).
+
+    With rejection sampling also `scores` (B,): the classifier's probability of each image's class, and
+    `candidates` (B,): which candidate of the call each image is (with per_image_seeds: its seed is seed +
+    candidate)."""
 
     images: torch.Tensor
     tokens: list[torch.Tensor]
     labels: torch.Tensor
+    scores: torch.Tensor | None = None
+    candidates: torch.Tensor | None = None
+
+
+# ---------------------------------------------------------------------------------------- guidance schedules
+GUIDANCE_KINDS = ("linear", "constant", "truncated")
+
+
+@dataclass(frozen=True)
+class GuidanceSchedule:
+    """How the guidance weight t of scale k (of K) follows `cfg`; logits = (1+t)·cond - t·uncond.
+
+    "linear" (the paper's, the default): t = cfg·k/(K-1). "constant": t = cfg at every scale.
+    "truncated" with `scales` N: the linear ramp on the first N scales and no guidance after: from scale N
+    on the unconditional half of the batch and of the KV cache is dropped, so those scales cost half.
+    N = K is the linear ramp exactly; N = 0 samples without guidance and never runs the null class.
+    Written "linear", "constant", "truncated:N" (`parse_guidance`; str() gives these back).
+    """
+
+    kind: str = "linear"
+    scales: int | None = None  # "truncated": how many scales are guided
+
+    def __str__(self) -> str:
+        return f"truncated:{self.scales}" if self.kind == "truncated" else self.kind
+
+    def guided(self, si: int) -> bool:
+        """Whether scale si runs the unconditional rows (and mixes them in)."""
+        return self.kind != "truncated" or si < self.scales
+
+    def weight(self, cfg: float, si: int, num_scales: int) -> float:
+        if self.kind == "constant":
+            return cfg
+        ratio = si / (num_scales - 1) if num_scales > 1 else 1.0
+        return cfg * ratio
+
+
+def parse_guidance(value, num_scales: int, name: str = "guidance") -> GuidanceSchedule:
+    """"linear" / "constant" / "truncated:N" (N a whole number in [0, num_scales]), a GuidanceSchedule, or
+    None (linear) -> a checked GuidanceSchedule; else a ValueError naming the forms under `name`."""
+    forms = (f"'linear' (the paper's ramp, the default), 'constant', or 'truncated:N' with N a whole number in "
+             f"[0, {num_scales}] (guidance on the first N of the {num_scales} scales only)")
+    if value is None:
+        return GuidanceSchedule()
+    if isinstance(value, GuidanceSchedule):
+        kind, scales = value.kind, value.scales
+    elif isinstance(value, str):
+        text = value.strip().lower()
+        kind, _, count = (part.strip() for part in text.partition(":"))
+        scales = None
+        if kind == "truncated":
+            if not (count.isascii() and count.isdigit()):
+                raise ValueError(f"{name} must be {forms}, got {value!r}")
+            scales = int(count)
+        elif count:
+            raise ValueError(f"{name} must be {forms}, got {value!r}")
+    else:
+        raise ValueError(f"{name} must be {forms}, got {value!r}")
+    if kind not in GUIDANCE_KINDS:
+        raise ValueError(f"{name} must be {forms}, got {value!r}")
+    if kind == "truncated":
+        if isinstance(scales, bool) or not isinstance(scales, (int, np.integer)) or not 0 <= scales <= num_scales:
+            raise ValueError(f"{name} must be {forms}, got {str(value)!r}")
+        return GuidanceSchedule("truncated", int(scales))
+    if scales is not None:
+        raise ValueError(f"{name} must be {forms}, got {value!r}")
+    return GuidanceSchedule(kind)
+
+
+def guidance_choices(num_scales: int) -> list[str]:
+    """Every schedule for a model of `num_scales` scales, as strings (the web page's choices)."""
+    return ["linear", "constant"] + [f"truncated:{n}" for n in range(num_scales)]
 
 
 def validate_sampling_args(num_classes: int, labels: torch.Tensor | None, cfg: float, top_k: int, top_p: float) -> None:
@@ -99,12 +182,56 @@ def _tokenizer_of(var: VAR):
     return vae
 
 
+def _same_tokenizer(a, b) -> bool:
+    """Whether two tokenizers are one (the same object, or the same configuration and weights)."""
+    if a is b:
+        return True
+    if a.config.to_dict() != b.config.to_dict():
+        return False
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(sa[k].shape == sb[k].shape and torch.equal(sa[k], sb[k].to(sa[k].device))
+                                          for k in sa)
+
+
+def check_refiner(var: VAR, refiner, switch_at, compare_tokenizers: bool = True) -> None:
+    """Refuse (ValueError, one line) a collaborative-decoding request that cannot work: a refiner without
+    switch_at or the reverse, switch_at outside [1, K-1], a refiner of other scales, vocabulary, latent
+    channels or classes, one on another tokenizer (compared weight by weight) or on another device."""
+    if refiner is None:
+        raise ValueError("switch_at is the scale from which a refiner samples: pass refiner= too, or leave "
+                         "switch_at out")
+    K = len(var.patch_nums)
+    if switch_at is None:
+        raise ValueError(f"refiner needs switch_at: the first scale it samples, a whole number in [1, {K - 1}]")
+    if not (hasattr(refiner, "forward_scale") and hasattr(refiner, "patch_nums")):
+        raise ValueError(f"refiner must be a VAR transformer (nextscale.load_var), got {type(refiner).__name__}")
+    if isinstance(switch_at, bool) or not isinstance(switch_at, (int, np.integer)) or not 1 <= switch_at <= K - 1:
+        raise ValueError(f"switch_at must be a whole number in [1, {K - 1}] (the first scale the refiner samples; "
+                         f"the model samples the scales before it), got {switch_at!r}")
+    differences = [f"{what} {theirs} vs the model's {ours}" for what, ours, theirs in (
+        ("scales", tuple(var.patch_nums), tuple(refiner.patch_nums)),
+        ("vocabulary", var.config.vocab_size, refiner.config.vocab_size),
+        ("latent channels", var.config.vae_channels, refiner.config.vae_channels),
+        ("classes", var.num_classes, refiner.num_classes)) if ours != theirs]
+    theirs = getattr(refiner, "tokenizer", None)
+    if (not differences and compare_tokenizers and theirs is not None
+            and not _same_tokenizer(_tokenizer_of(var), theirs)):
+        differences.append("another tokenizer (its weights differ from the model's)")
+    if differences:
+        raise ValueError("the refiner does not fit the model: " + "; ".join(differences) + ": collaborative "
+                         "decoding needs two transformers trained on the same tokenizer, with the same classes")
+    if refiner.pos_1LC.device != var.pos_1LC.device:
+        raise ValueError(f"the refiner is on {refiner.pos_1LC.device}, the model on {var.pos_1LC.device}: move "
+                         f"both to one device")
+
+
 @torch.no_grad()
 def generate_tokens(var: VAR, labels_B: torch.Tensor, generator: Generators, cfg: float = 1.5,
                     top_k: int = 0, top_p: float = 0.0, more_smooth: bool = False,
                     forced: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
                     on_scale: Callable[[int, list[torch.Tensor]], None] | None = None,
-                    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+                    guidance: GuidanceSchedule | str = "linear", refiner: VAR | None = None,
+                    switch_at: int | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Sample token maps scale by scale; returns (tokens per scale, final f_hat).
 
     After each scale, `on_scale(si, token maps so far)` is called when given (a progress bar; showing
@@ -113,30 +240,69 @@ def generate_tokens(var: VAR, labels_B: torch.Tensor, generator: Generators, cfg
     `forced[k] = (known_idx_Bl, keep_Bl)`, when given, replaces the sampled codes of scale k by the
     known ones wherever `keep_Bl` is True (zero-shot editing). Sampling still draws every token, so
     the random stream does not depend on the mask.
+
+    `guidance`: the schedule of the guidance weight over the scales (`parse_guidance`; default the paper's
+    linear ramp). `refiner`, `switch_at`: collaborative decoding. `var` samples scales 0 .. switch_at-1, then
+    `refiner` (a transformer on the same tokenizer; `sample` compares the tokenizers, this function only
+    the shapes) samples the rest, with its own KV cache, filled first by running it on the inputs of the
+    scales before switch_at, scale by scale, as if it had sampled them itself. With refiner = var the tokens
+    are those of plain sampling, exactly.
     """
     vae = _tokenizer_of(var)
     quantizer = vae.quantize
     patch_nums = var.patch_nums
     K = len(patch_nums)
+    schedule = parse_guidance(guidance, K)
+    if refiner is not None or switch_at is not None:
+        check_refiner(var, refiner, switch_at, compare_tokenizers=False)
     B = labels_B.shape[0]
     codebook = quantizer.embedding.weight
 
-    labels_2B = torch.cat((labels_B, torch.full_like(labels_B, var.num_classes)))
-    cond_2BD = var.class_emb(labels_2B)
-    mods = var.block_modulations(cond_2BD)
-    device_type = cond_2BD.device.type
-    # Under autocast keys/values come out in the low precision: store them so.
-    cache_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
-    cache = var.new_kv_cache(2 * B, dtype=cache_dtype)
-    x_2BlC = var.first_scale_input(cond_2BD)
+    def rows_at(si: int) -> int:
+        """Rows of the batch at scale si: the conditional ones, then, while guided, the null class's."""
+        return 2 * B if schedule.guided(si) else B
+
+    def start(model: VAR, rows: int):
+        """Class conditioning, block modulations and an empty KV cache of `model` for `rows` rows."""
+        labels = torch.cat((labels_B, torch.full_like(labels_B, model.num_classes))) if rows > B else labels_B
+        cond = model.class_emb(labels)
+        mods = model.block_modulations(cond)
+        device_type = cond.device.type
+        # Under autocast keys/values come out in the low precision: store them so.
+        cache_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+        return cond, mods, model.new_kv_cache(rows, dtype=cache_dtype)
+
+    def embed(model: VAR, next_input: torch.Tensor, si: int, rows: int) -> torch.Tensor:
+        x = model.embed_scale_input(next_input, si)
+        return x.repeat(2, 1, 1) if rows > B else x
+
+    model = var
+    rows = rows_at(0)
+    cond, mods, cache = start(model, rows)
+    x = model.first_scale_input(cond)
     size = patch_nums[-1]
     f_hat = codebook.new_zeros(B, quantizer.channels, size, size)
+    inputs = []  # each scale's input (area-down f_hat), replayed into the refiner's cache when it takes over
     tokens = []
     for si, pn in enumerate(patch_nums):
         ratio = si / (K - 1) if K > 1 else 1.0
-        logits_2BlV = var.forward_scale(x_2BlC, cond_2BD, mods, cache)
-        t = cfg * ratio
-        logits_BlV = (1 + t) * logits_2BlV[:B] - t * logits_2BlV[B:]
+        if refiner is not None and si == switch_at:
+            model, rows = refiner, rows_at(si)
+            cond, mods, cache = start(model, rows)
+            model.forward_scale(model.first_scale_input(cond), cond, mods, cache)
+            for s in range(1, si):
+                model.forward_scale(embed(model, inputs[s - 1], s, rows), cond, mods, cache)
+            x = embed(model, inputs[si - 1], si, rows)
+        elif rows > rows_at(si):  # guidance ends here: drop the null-class rows, in the cache too
+            rows = B
+            cond, mods = cond[:B], [m[:B] for m in mods]
+            cache.keep_rows(B)
+        logits = model.forward_scale(x, cond, mods, cache)
+        if rows > B:
+            t = schedule.weight(cfg, si, K)
+            logits_BlV = (1 + t) * logits[:B] - t * logits[B:]
+        else:
+            logits_BlV = logits
         filter_logits(logits_BlV, top_k, top_p)
         idx_Bl = draw_tokens(logits_BlV.softmax(dim=-1), generator)
         keep_Bl = None
@@ -153,7 +319,10 @@ def generate_tokens(var: VAR, labels_B: torch.Tensor, generator: Generators, cfg
         h_BChw = h_BlC.transpose(1, 2).reshape(B, quantizer.channels, pn, pn)
         f_hat, next_input = quantizer.add_scale(f_hat, h_BChw, si)
         if next_input is not None:
-            x_2BlC = var.embed_scale_input(next_input, si + 1).repeat(2, 1, 1)
+            if refiner is not None:
+                inputs.append(next_input)
+            if refiner is None or si + 1 != switch_at:  # else the refiner embeds it itself
+                x = embed(model, next_input, si + 1, rows_at(si + 1))
         if on_scale is not None:
             on_scale(si, tokens)
     return tokens, f_hat
@@ -342,7 +511,8 @@ def sample(var: VAR, labels=None, seed: int | None = None, cfg: float | None = N
            top_p: float | None = None, more_smooth: bool = False, batch_size: int | None = None,
            generator: Generators = None, num_samples: int | None = None, progress: bool = False,
            precision: str = "float32", on_scale: Callable[[int, list[torch.Tensor]], None] | None = None,
-           per_image_seeds: bool = False) -> SampleOutput:
+           per_image_seeds: bool = False, guidance: GuidanceSchedule | str = "linear", refiner: VAR | None = None,
+           switch_at: int | None = None, reject_with=None, keep: float | None = None) -> SampleOutput:
     """Generate images.
 
     labels: class ids, class names (case-insensitive, from `var.extra_config["class_names"]`) or both
@@ -369,15 +539,49 @@ def sample(var: VAR, labels=None, seed: int | None = None, cfg: float | None = N
     transformer blocks' linear layers with dynamic int8 quantization (a quantized copy of `var` is
     made on first use and cached while its weights are unchanged).
 
+    guidance: how the guidance weight follows cfg over the scales: "linear" (the paper's ramp, the default),
+    "constant", or "truncated:N" (the ramp on the first N scales, none after: the unconditional half of the
+    batch is dropped from scale N on, which makes those scales about twice as fast). See `GuidanceSchedule`.
+
+    refiner, switch_at: collaborative decoding. `var` samples the scales before `switch_at` (in [1, K-1]),
+    `refiner` (another transformer on the same tokenizer and classes, e.g. a smaller one) the rest, with its
+    own KV cache. refiner=var gives plain sampling's tokens exactly.
+
+    reject_with, keep: rejection sampling. For each requested class with n images, ceil(n / keep)
+    candidates are sampled (keep in (0, 1], default 0.5), and the n that the classifier `reject_with` rates
+    most likely to be that class are kept (in candidate order; ties: the earlier candidate). Candidates are
+    listed class by class, the classes in order of first appearance; with per_image_seeds candidate j uses
+    seed + j, with one seed they draw from one generator in that order (a list of generators: one per
+    candidate). The result's `scores` and `candidates` say which were kept. reject_with: "fashion-mnist" (the
+    shipped classifier), a folder of `nextscale train-classifier`, a loaded classifier, or a
+    `nextscale.rejection.ClassScorer` (e.g. the FID Inception with its class map: `nextscale.rejection`).
+    Needs labels (no null class).
+
     on_scale: called after each scale of each batch with the batch's token maps so far, as in
     `generate_tokens` (e.g. to show the images coarse to fine).
     """
+    from nextscale import rejection as rj
     device = var.pos_1LC.device
     settings = resolve_sampling(var, cfg, top_k, top_p)
     cfg, top_k, top_p = settings["cfg"], settings["top_k"], settings["top_p"]
     low_precision = precision_context(precision, device)
+    guidance = parse_guidance(guidance, len(var.patch_nums))
+    if refiner is not None or switch_at is not None:
+        check_refiner(var, refiner, switch_at)
     gen_device = "cpu" if device.type == "cpu" else device
     labels_B = as_label_tensor(labels, var, device)
+    selection = scorer = None
+    if keep is not None and reject_with is None:
+        raise ValueError("keep is the fraction of candidates rejection sampling keeps: pass reject_with (a "
+                         "classifier) too, or leave keep out")
+    if reject_with is not None:
+        keep = rj.check_keep(0.5 if keep is None else keep)
+        if labels_B is None:
+            raise ValueError("rejection sampling keeps the candidates most likely to be their class: pass labels")
+        scorer = rj.class_scorer(reject_with, var, device)
+        wanted, candidate_labels = rj.candidate_plan(labels_B.tolist(), keep, var.num_classes)
+        selection = rj.Selection(wanted)
+        requested, labels_B = labels_B, torch.tensor(candidate_labels, dtype=torch.long, device=device)
     count = len(labels_B) if labels_B is not None else (num_samples or 1)
     generator = request_generator(seed, per_image_seeds, generator, count, gen_device)
     per_image = isinstance(generator, (list, tuple))
@@ -390,7 +594,8 @@ def sample(var: VAR, labels=None, seed: int | None = None, cfg: float | None = N
             labels_B = torch.multinomial(uniform, n, replacement=True, generator=generator).view(n)
     B = labels_B.shape[0]
     if per_image and len(generator) != B:
-        raise ValueError(f"{len(generator)} generators for {B} images: pass one generator per image")
+        what = ("candidates (rejection sampling)", "candidate") if selection is not None else ("images", "image")
+        raise ValueError(f"{len(generator)} generators for {B} {what[0]}: pass one generator per {what[1]}")
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     vae = _tokenizer_of(var)
@@ -402,6 +607,7 @@ def sample(var: VAR, labels=None, seed: int | None = None, cfg: float | None = N
         from tqdm.auto import tqdm
         bar = tqdm(total=len(starts) * len(var.patch_nums), desc="sampling", unit="scale")
     model = _int8_copy(var) if precision == "int8" else var
+    refiner_model = _int8_copy(refiner) if precision == "int8" and refiner is not None else refiner
 
     def report(si: int, tokens_so_far: list[torch.Tensor]) -> None:
         if bar is not None:
@@ -412,12 +618,20 @@ def sample(var: VAR, labels=None, seed: int | None = None, cfg: float | None = N
     images, token_lists = [], []
     for i in starts:
         gen_b = generator[i:i + batch_size] if per_image else generator
+        labels_b = labels_B[i:i + batch_size]
         with low_precision:
-            toks, f_hat = generate_tokens(model, labels_B[i:i + batch_size], gen_b, cfg, top_k, top_p, more_smooth,
-                                          on_scale=report)
-            images.append(vae.decode_fhat(f_hat).float().add(1).mul(0.5))
+            toks, f_hat = generate_tokens(model, labels_b, gen_b, cfg, top_k, top_p, more_smooth, on_scale=report,
+                                          guidance=guidance, refiner=refiner_model, switch_at=switch_at)
+            images_b = vae.decode_fhat(f_hat).float().add(1).mul(0.5)
+        if selection is not None:
+            selection.add(i, labels_b, scorer(images_b, labels_b), images_b, toks)
+            continue
+        images.append(images_b)
         token_lists.append(toks)
     if bar:
         bar.close()
+    if selection is not None:
+        kept, tokens, scores, candidates = selection.result(requested.tolist())
+        return SampleOutput(images=kept, tokens=tokens, labels=requested, scores=scores, candidates=candidates)
     tokens = [torch.cat([t[si] for t in token_lists]) for si in range(len(var.patch_nums))]
     return SampleOutput(images=torch.cat(images), tokens=tokens, labels=labels_B)

@@ -10,7 +10,7 @@ import torch
 from nextscale.commands.common import (Outputs, UserError, add_device_args, add_max_pixels_arg, add_model_args,
                                        autocast_context, check_number, check_seed, float_list, load_model,
                                        parse_class_option, resolve_device)
-from nextscale.commands.sample import add_sampling_args, sampling_settings
+from nextscale.commands.sample import add_sampling_args, guidance_setting, sampling_settings
 
 # Variations per input image: each is a column of the edited grid, so a few hundred make an unusable PNG; they
 # are regenerated EDIT_BATCH at a time (variation j with seed + j, whatever the batch).
@@ -83,6 +83,7 @@ def run(args) -> int:
     autocast_context(device, args.dtype)  # refuses int8 (and float16 on a CPU) before the model is loaded
     var = load_model(args).to(device)
     settings = sampling_settings(args, var)
+    guidance = guidance_setting(args, var)
     classes = parse_class_option(args.classes, var)
     if classes is not None and len(classes) != 1:
         raise UserError(f"give one --class for the edit, got {len(classes)}")
@@ -129,7 +130,8 @@ def run(args) -> int:
                 n = min(EDIT_BATCH, args.num - j)
                 with autocast_context(device, args.dtype):
                     result = nextscale.edit(var, image.expand(n, -1, -1, -1), keep, labels=label, seed=args.seed + j,
-                                            per_image_seeds=True, more_smooth=args.more_smooth, **settings)
+                                            per_image_seeds=True, more_smooth=args.more_smooth, guidance=guidance,
+                                            **settings)
                 edited.append(result.images.float().cpu())
                 tokens.append([t.cpu() for t in result.tokens])
             edited = torch.cat(edited)

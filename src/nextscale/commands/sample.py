@@ -38,7 +38,22 @@ def add_sampling_args(parser: argparse.ArgumentParser):
                             "0 = off (default: the model's recommendation, else 0.96)")
     group.add_argument("--more-smooth", action="store_true",
                        help="Gumbel-softmax code mixing: smoother images for viewing; not for FID")
+    group.add_argument("--guidance", default="linear", metavar="SCHEDULE",
+                       help="how the guidance weight follows --cfg over the scales: linear (the paper's ramp, "
+                            "cfg*k/(K-1) at scale k of K; the default, exact), constant (cfg at every scale), or "
+                            "truncated:N (the ramp on the first N scales, no guidance after: the unconditional half "
+                            "of the batch is dropped from scale N on, so those scales cost half; truncated:K is "
+                            "linear)")
     return group
+
+
+def guidance_setting(args, var) -> str:
+    """--guidance, checked against the model's number of scales."""
+    from nextscale.sampling import parse_guidance
+    try:
+        return str(parse_guidance(args.guidance, len(var.patch_nums), name="--guidance"))
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
 
 def sampling_settings(args, var) -> dict:
@@ -70,6 +85,25 @@ def add_parser(sub) -> None:
     sampling = add_sampling_args(p)
     # `edit` regenerates each request's images in one batch; only `sample` splits a request into batches.
     sampling.add_argument("--batch-size", type=int, default=16, help=f"images per forward pass, at most {MAX_BATCH} (default 16)")
+    more = p.add_argument_group("collaborative decoding and rejection sampling")
+    more.add_argument("--refiner", default=None, metavar="MODEL",
+                      help="collaborative decoding: a second transformer on the same tokenizer and classes (a model "
+                           "folder, a transformer checkpoint, or fashion-mnist), e.g. a smaller, faster one, samples "
+                           "the scales from --switch-at on; the model samples the scales before")
+    more.add_argument("--switch-at", type=int, default=None, metavar="K",
+                      help="with --refiner: the first scale the refiner samples, in [1, number of scales - 1]")
+    more.add_argument("--reject-with", default=None, metavar="CLASSIFIER",
+                      help="rejection sampling: for each class of n images draw ceil(n / --keep) candidates and keep "
+                           "the n this classifier rates most likely to be the class. 'fashion-mnist' (the shipped "
+                           "classifier), a folder of `nextscale train-classifier`, or the FID Inception weights "
+                           "(pytorch-fid's pt_inception-2015-12-05-6726825d.pth, with --inception-labels). "
+                           "Candidates are listed class by class; candidate j uses seed + j")
+    more.add_argument("--keep", type=float, default=None, metavar="FRACTION",
+                      help="with --reject-with: the fraction of the candidates kept, in (0, 1] (default 0.5)")
+    more.add_argument("--inception-labels", default=None, metavar="FILE",
+                      help="with Inception weights for --reject-with: the label map of its TensorFlow graph "
+                           "(imagenet_2012_challenge_label_map_proto.pbtxt, in the inception-2015-12-05 archive), or "
+                           "a JSON list of the Inception logit of each class id")
     add_device_args(p)
     out = p.add_argument_group("output")
     out.add_argument("--out", default="samples", help="output folder (default samples)")
@@ -166,6 +200,60 @@ def _count(args, classes, var) -> tuple[list[int] | None, int]:
     return [c for c in chosen for _ in range(per_class)], count
 
 
+def option_pairs(args) -> None:
+    """Refuse, before the model is loaded, the options that need another one."""
+    if args.switch_at is not None and args.refiner is None:
+        raise UserError("--switch-at is the first scale --refiner samples: give --refiner MODEL too, or leave "
+                        "--switch-at out")
+    if args.refiner is not None and args.switch_at is None:
+        raise UserError("--refiner needs --switch-at K: the first scale it samples (the model samples the scales "
+                        "before)")
+    for option, value in (("--keep", args.keep), ("--inception-labels", args.inception_labels)):
+        if value is not None and args.reject_with is None:
+            raise UserError(f"{option} is for rejection sampling: give --reject-with CLASSIFIER too, or leave "
+                            f"{option} out")
+    if args.reject_with is not None and args.num_images is not None:
+        raise UserError("--reject-with keeps the candidates most likely to be their class: give the classes "
+                        "(--class, --num-per-class), not --num-images")
+    check_number("--keep", args.keep, 0, 1, low_open=True)
+
+
+def load_refiner(args, var, device):
+    """--refiner as a transformer on the model's tokenizer (checked), or None."""
+    if args.refiner is None:
+        return None
+    import nextscale
+    from nextscale.pretrained import PRETRAINED
+    from nextscale.sampling import check_refiner
+    check_number("--switch-at", args.switch_at, 1, len(var.patch_nums) - 1, integer=True)
+    name = args.refiner
+    if name in PRETRAINED and not Path(name).exists():
+        refiner = nextscale.load_pretrained(name)
+    elif Path(name).is_dir():
+        refiner = nextscale.load_var(name)  # its own tokenizer/, compared with the model's below
+    else:
+        refiner = nextscale.load_var(name, vae=var.tokenizer)  # a bare checkpoint: no tokenizer of its own
+    refiner = refiner.to(device)
+    try:
+        check_refiner(var, refiner, args.switch_at)
+    except ValueError as e:
+        raise UserError(f"--refiner {name}: {e}") from None
+    refiner.attach_tokenizer(var.tokenizer)  # the same weights: one object, so each batch's check is instant
+    return refiner
+
+
+def load_rejection(args, var, device):
+    """(the --reject-with classifier as a ClassScorer, --keep) or (None, None)."""
+    if args.reject_with is None:
+        return None, None
+    from nextscale.rejection import class_scorer
+    try:
+        scorer = class_scorer(args.reject_with, var, device, class_map=args.inception_labels)
+    except (ValueError, OSError) as e:
+        raise UserError(f"--reject-with {args.reject_with}: {e}") from None
+    return scorer, 0.5 if args.keep is None else args.keep
+
+
 def run(args) -> int:
     from tqdm.auto import tqdm
 
@@ -182,14 +270,29 @@ def run(args) -> int:
                         "--npz")
     if args.npz and not args.npz.endswith(".npz"):
         args.npz += ".npz"
+    option_pairs(args)
     device = resolve_device(args.device)
     if args.dtype == "float16" and device.type == "cpu":
         raise UserError("--precision float16 needs a GPU; on CPU use float32 (exact), bfloat16 or int8")
     var = load_model(args).to(device)
     settings = sampling_settings(args, var)
+    guidance = guidance_setting(args, var)
     classes = parse_class_option(args.classes, var)
     labels, count = _count(args, classes, var)
-    check_seed("--seed", args.seed, count)
+    refiner = load_refiner(args, var, device)
+    scorer, keep = load_rejection(args, var, device)
+    wanted, candidates = None, count
+    if scorer is not None:
+        from nextscale.rejection import candidate_plan
+        try:
+            wanted, candidate_labels = candidate_plan(labels, keep, var.num_classes)
+        except ValueError as e:
+            raise UserError(f"--reject-with: {e}") from None
+        candidates = len(candidate_labels)
+        if candidates > MAX_IMAGES:
+            raise UserError(f"--keep {keep:g} draws {candidates} candidates, more than the {MAX_IMAGES} one command "
+                            f"makes: keep a larger fraction, or ask for fewer images")
+    check_seed("--seed", args.seed, candidates)
 
     # Every output checked (and its folder created and probed) before the first image is computed.
     vae = var.tokenizer
@@ -212,8 +315,36 @@ def run(args) -> int:
 
     names = class_names(var)
     batch = args.batch_size
-    starts = range(0, count, batch)
-    with outputs.writing(), tqdm(total=len(starts) * len(var.patch_nums), desc="sampling", unit="scale") as bar:
+    common = dict(per_image_seeds=True, more_smooth=args.more_smooth, precision=args.dtype, guidance=guidance,
+                  refiner=refiner, switch_at=args.switch_at if refiner is not None else None, **settings)
+    if wanted is None:
+        batches = -(-count // batch)
+    else:
+        from nextscale.rejection import candidates_for
+        batches = sum(-(-candidates_for(n, keep) // batch) for n in wanted.values())
+
+    def results(bar):
+        """`nextscale.sample`'s result for each piece of the request, in order."""
+        def on_scale(si, tokens):
+            bar.update(1)
+        if wanted is None:
+            for start in range(0, count, batch):
+                n = min(batch, count - start)
+                # Image i uses seed + i (per_image_seeds): a batch starting at image `start` is seeded from
+                # seed + start, so each image is the same as in one call for all images, in Python too.
+                yield nextscale.sample(var, labels[start:start + n] if labels is not None else None,
+                                       seed=args.seed + start, num_samples=n, batch_size=n, on_scale=on_scale,
+                                       **common)
+            return
+        # Rejection: one call per class, its candidates seeded from where the previous class's ended, so
+        # candidate j of the command uses seed + j, as one Python call for all the labels does.
+        offset = 0
+        for c, n in wanted.items():
+            yield nextscale.sample(var, [c] * n, seed=args.seed + offset, batch_size=batch, reject_with=scorer,
+                                   keep=keep, on_scale=on_scale, **common)
+            offset += candidates_for(n, keep)
+
+    with outputs.writing(), tqdm(total=batches * len(var.patch_nums), desc="sampling", unit="scale") as bar:
         images_dir = outputs.temp_folder(out / "images") if not args.no_images else None
         npz = None
         if args.npz:
@@ -221,14 +352,7 @@ def run(args) -> int:
             npz = NpzWriter(npz_tmp, count, height, width)
         try:
             namer, shown, labels_list = ImageNamer(), [], []
-            for start in starts:
-                n = min(batch, count - start)
-                # Image i uses seed + i (per_image_seeds): a batch starting at image `start` is seeded from
-                # seed + start, so each image is the same as in one call for all images, in Python too.
-                result = nextscale.sample(var, labels[start:start + n] if labels is not None else None,
-                                          seed=args.seed + start, per_image_seeds=True, num_samples=n, batch_size=n,
-                                          more_smooth=args.more_smooth, precision=args.dtype,
-                                          on_scale=lambda si, tokens: bar.update(1), **settings)
+            for result in results(bar):
                 images = result.images.float().cpu()
                 batch_labels = result.labels.tolist()
                 labels_list += batch_labels
@@ -257,6 +381,11 @@ def run(args) -> int:
             if npz is not None:
                 npz.close()
             raise
+    extra = "" if guidance == "linear" else f", guidance {guidance}"
+    if refiner is not None:
+        extra += f", refiner {args.refiner} from scale {args.switch_at}"
+    if scorer is not None:
+        extra += f", kept {count} of {candidates} candidates by {args.reject_with}"
     print(f"{count} images ({width}x{height}, cfg {settings['cfg']}, "
-          f"top-k {settings['top_k']}, top-p {settings['top_p']}, seed {args.seed}) -> " + ", ".join(written))
+          f"top-k {settings['top_k']}, top-p {settings['top_p']}, seed {args.seed}{extra}) -> " + ", ".join(written))
     return 0

@@ -13,7 +13,8 @@ import torch
 import nextscale
 from nextscale.editing import inpaint_keep_mask, outpaint_keep_mask, shade_regenerated
 from nextscale.images import DEFAULT_MAX_PIXELS, make_grid, pil_to_tensor, to_model_input, to_uint8_hwc
-from nextscale.sampling import MAX_CFG, MAX_SEED, class_id, class_names, precision_context, recommended_sampling
+from nextscale.sampling import (MAX_CFG, MAX_SEED, class_id, class_names, guidance_choices, parse_guidance,
+                                precision_context, recommended_sampling)
 from nextscale.serve.inputs import (RequestError, decode_data_url, decode_image, get_bool, get_box, get_choice,
                                     get_float, get_int, png_data_url, shown)
 from nextscale.serve.jobs import Job
@@ -62,7 +63,8 @@ class ModelRunner:
     def info(self) -> dict:
         return {"model": self.name, "resolution": self.vae.resolution, "patch_nums": list(self.var.patch_nums),
                 "num_classes": self.var.num_classes, "class_names": self.class_names,
-                "defaults": {**self.defaults, "seed": 0, "num_images": min(8, self.max_images)},
+                "defaults": {**self.defaults, "seed": 0, "num_images": min(8, self.max_images), "guidance": "linear"},
+                "guidance_choices": guidance_choices(len(self.var.patch_nums)),
                 "limits": {"max_images": self.max_images, "max_upload_bytes": self.max_upload_bytes,
                            "max_pixels": self.max_pixels, "max_cfg": MAX_CFG}}
 
@@ -71,7 +73,18 @@ class ModelRunner:
         return {"cfg": get_float(body, "cfg", self.defaults["cfg"], 0.0, MAX_CFG),
                 "top_k": get_int(body, "top_k", self.defaults["top_k"], 0, self.var.config.vocab_size),
                 "top_p": get_float(body, "top_p", self.defaults["top_p"], 0.0, 1.0),
-                "more_smooth": get_bool(body, "more_smooth")}
+                "more_smooth": get_bool(body, "more_smooth"), "guidance": self.guidance(body.get("guidance"))}
+
+    def guidance(self, value) -> str:
+        """The guidance schedule: "linear" (the default), "constant" or "truncated:N"."""
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return "linear"
+        if not isinstance(value, str):
+            raise RequestError(f"guidance must be a text such as 'linear', got {shown(value)}")
+        try:
+            return str(parse_guidance(value, len(self.var.patch_nums)))
+        except ValueError as e:
+            raise RequestError(shown(str(e), limit=300, quoted=False)) from None
 
     def label(self, value) -> int | None:
         """A class name or id, 'unconditional' (the null class), or 'random' (None)."""
@@ -115,7 +128,8 @@ class ModelRunner:
         """Report the last scale (the final images); -> the result fields every request has."""
         urls = data_urls(images)
         job.add_scale({"pn": self.var.patch_nums[-1], "images": urls})
-        return {"images": urls, "seeds": seeds, "settings": {k: settings[k] for k in ("cfg", "top_k", "top_p")}}
+        return {"images": urls, "seeds": seeds,
+                "settings": {k: settings[k] for k in ("cfg", "top_k", "top_p", "guidance")}}
 
     def generate(self, body: dict):
         """-> (work, number of scales) for a generate request."""

@@ -69,6 +69,12 @@ class KVCache:
     def advance(self, num_tokens: int) -> None:
         self.length += num_tokens
 
+    def keep_rows(self, rows: int) -> None:
+        """Keep only the first `rows` batch rows (a view): sampling drops the unconditional half this way
+        when guidance stops (a truncated guidance schedule), so the later scales attend over half the keys."""
+        self.k = self.k[:, :rows]
+        self.v = self.v[:, :rows]
+
 
 # oneDNN's linear kernel (the one torch.compile's CPU backend emits) beats the default GEMM on the
 # transformer's short, wide activations and fuses the MLP's GELU: var-d16 sampling at 256px on 2 cores,

@@ -40,8 +40,26 @@ function classOptions(select, withRandom) {
   }
 }
 
+function guidanceOptions(select) {  // the schedules the server takes for this model's scales
+  select.innerHTML = "";
+  const count = info.patch_nums.length;
+  for (const value of info.guidance_choices) {
+    let text = value;
+    if (value === "linear") text = "linear ramp (the paper's)";
+    else if (value === "constant") text = "constant";
+    else {
+      const n = Number(value.split(":")[1]);
+      text = n === 0 ? "none (no unconditional pass)"
+                     : "ramp on the first " + n + " of " + count + " scales, then none (faster)";
+    }
+    select.append(el("option", {value, textContent: text}));
+  }
+}
+
 function fillDefaults(prefix) {
   const d = info.defaults;
+  guidanceOptions($(prefix + "-guidance"));
+  $(prefix + "-guidance").value = d.guidance;
   $(prefix + "-seed").value = d.seed;
   $(prefix + "-cfg").value = d.cfg;
   $(prefix + "-topk").value = d.top_k;
@@ -52,7 +70,7 @@ function fillDefaults(prefix) {
 function settings(prefix) {  // raw field text: the server checks the values and says what is wrong
   return {seed: $(prefix + "-seed").value, cfg: $(prefix + "-cfg").value, top_k: $(prefix + "-topk").value,
           top_p: $(prefix + "-topp").value, num_images: $(prefix + "-num").value,
-          class: $(prefix + "-class").value};
+          class: $(prefix + "-class").value, guidance: $(prefix + "-guidance").value};
 }
 
 // ---- jobs: poll until done, adding a column of images per finished scale ----
