@@ -13,7 +13,8 @@ from PIL import Image
 
 from nextscale.data.datasets import (DataConfig, EmptyDatasetError, ImageFolderDataset, ImageTransform,
                                      build_dataset)
-from nextscale.training.checkpointing import (CheckpointManager, atomic_write, capture_rng_state, load_checkpoint,
+from nextscale.files import atomic_write
+from nextscale.training.checkpointing import (CheckpointManager, capture_rng_state, load_checkpoint,
                                               restore_rng_state)
 from nextscale.training.config import ConfigError, config_to_dict, load_config, save_config
 from nextscale.training.metrics import MetricsLogger, plot_curves, read_jsonl

@@ -360,8 +360,8 @@ def _refuse_mismatch(own: Mapping[str, torch.Tensor], sd: Mapping[str, torch.Ten
 # ---------------------------------------------------------------------------------------- our format
 def save_pretrained(model: VQVAE | VAR, folder: str | os.PathLike) -> Path:
     """Write `config.json` + `model.safetensors` (and the attached tokenizer of a VAR in `tokenizer/`)."""
-    from nextscale.images import default_permissions
-    from nextscale.training.checkpointing import atomic_write_bytes
+    from nextscale.files import default_permissions
+    from nextscale.files import atomic_write_bytes
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     kind = model.model_type

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
+from nextscale.files import atomic_write
+
 
 # Every image reader (the command line, the web app, the Python API) refuses images with more pixels than this
 # before decoding them: a 80 kB PNG can claim 9000x9000 pixels and cost 2.5 GB once decoded.
@@ -146,19 +148,9 @@ def make_grid(images_BCHW: torch.Tensor, ncols: int | None = None, padding: int 
     return grid
 
 
-def default_permissions(path: str | os.PathLike) -> Path:
-    """Give a file or folder made through a temp file (mkstemp: 0600, mkdtemp: 0700) the permissions a plain
-    open() or mkdir() would have given it (0666 / 0777 less the umask), so outputs stay readable as before."""
-    from nextscale.training.checkpointing import current_umask
-    path = Path(path)
-    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~current_umask())
-    return path
-
-
 def save_image_file(image: Image.Image, path: str | os.PathLike) -> Path:
     """Write `image` in the format its extension names (PNG when unknown) through a temp file renamed into place:
     a full disk or an interruption never leaves a truncated image, nor replaces a good one with it."""
-    from nextscale.training.checkpointing import atomic_write
     path = Path(path)
     image_format = Image.registered_extensions().get(path.suffix.lower(), "PNG")
     atomic_write(path, lambda f: image.save(f, format=image_format))

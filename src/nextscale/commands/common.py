@@ -302,14 +302,14 @@ class Outputs:
     # ------------------------------------------------------------------ writing
     def write_file(self, path, write: Callable) -> Path:
         """`write(file_object)` into a temp file beside `path`, renamed to `path` when complete."""
-        from nextscale.training.checkpointing import atomic_write
+        from nextscale.files import atomic_write
         atomic_write(path, write)
         return Path(path)
 
     def temp_folder(self, dest) -> Path:
         """An empty folder beside `dest`, to be filled and then swapped in with replace_folder."""
         dest = Path(dest)
-        from nextscale.images import default_permissions
+        from nextscale.files import default_permissions
         tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
         self._temps.append(tmp)
         return default_permissions(tmp)
@@ -317,7 +317,7 @@ class Outputs:
     def temp_file(self, dest, suffix: str = ".tmp") -> Path:
         """An empty file beside `dest`, to be filled and then renamed to `dest` with replace_file."""
         dest = Path(dest)
-        from nextscale.images import default_permissions
+        from nextscale.files import default_permissions
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=suffix)
         os.close(fd)
         self._temps.append(Path(tmp))

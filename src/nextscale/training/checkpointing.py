@@ -1,4 +1,4 @@
-"""Training checkpoints: atomic writes, keep-last-k, find-latest, random-state capture.
+"""Training checkpoints (written whole through `nextscale.files`): keep-last-k, find-latest, random-state capture.
 
 Usage:
 
@@ -29,12 +29,13 @@ from __future__ import annotations
 import os
 import random
 import re
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from nextscale.files import atomic_torch_save
 
 CHECKPOINT_RE = re.compile(r"^step_(\d+)\.pt$")
 # The temp files atomic_write makes for a checkpoint and its config (mkstemp: ".{name}.{random}.tmp").
@@ -43,65 +44,6 @@ CHECKPOINT_TEMP_RE = re.compile(r"^\.step_\d+\.(pt|yaml)\.[^/]+\.tmp$")
 
 class DamagedCheckpointWarning(UserWarning):
     """A checkpoint did not load (truncated, corrupted); it was set aside and an older one is used."""
-
-
-# ---------------------------------------------------------------------------- atomic files
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def current_umask() -> int:
-    """The process's umask, read without changing it where Linux shows it (os.umask alone must set it)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: str | os.PathLike, write_fn) -> None:
-    """Call `write_fn(file_object)` on a temp file beside `path`, fsync it, then rename it to `path`.
-
-    The file gets the permissions a plain open() would give a new file (0666 less the umask: 0644 under umask
-    022), not the temp file's private 0600."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    atomic_write(path, lambda f: f.write(data))
-
-
-def atomic_torch_save(obj, path: str | os.PathLike) -> None:
-    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 # ---------------------------------------------------------------------------- random states

@@ -69,7 +69,7 @@ def config_to_dict(cfg) -> dict:
 
 def save_config(cfg, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML (atomically: temp file, then rename)."""
-    from nextscale.training.checkpointing import atomic_write_bytes
+    from nextscale.files import atomic_write_bytes
     text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
     atomic_write_bytes(path, text.encode())
 

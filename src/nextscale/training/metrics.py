@@ -104,7 +104,7 @@ def drop_records_after(path: str | os.PathLike, step: int) -> int:
                 kept.append(line + b"\n")
                 changed = changed or raw != line + b"\n"
     if dropped or changed:
-        from nextscale.training.checkpointing import atomic_write_bytes
+        from nextscale.files import atomic_write_bytes
         atomic_write_bytes(path, b"".join(kept))
     return dropped
 
