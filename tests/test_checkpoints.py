@@ -256,10 +256,11 @@ def test_every_architecture_field_has_a_rule_in_the_config_schema():
     import dataclasses
     import typing
 
-    from nextscale.checkpoints import CONFIG_CHOICES, _config_classes, _config_ranges
+    from nextscale.checkpoints import CONFIG_CHOICES, _config_classes
+    from nextscale.config_schema import ranges_of
     for kind, cls in _config_classes().items():
         hints = typing.get_type_hints(cls)
-        ranges = _config_ranges(kind)
+        ranges = ranges_of(cls)
         for field in dataclasses.fields(cls):
             text = str(hints[field.name])
             if hints[field.name] is bool:

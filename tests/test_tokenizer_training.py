@@ -386,7 +386,7 @@ def _plain_config(tmp_path, *extra):
 
 
 def test_overrides_of_switched_off_losses_are_refused():
-    from nextscale.training.config import ConfigError
+    from nextscale.config_schema import ConfigError
     with pytest.raises(ConfigError, match=r"loss.gan_start_step has no effect: the GAN is off \(loss.gan_weight=0\)"):
         load_config(TokenizerTrainConfig, None, ["loss.gan_start_step=100"])
     assert load_config(TokenizerTrainConfig, None, ["loss.gan_start_step=100", "loss.gan_weight=0.1"]) \
@@ -408,7 +408,7 @@ def test_held_out_psnr_has_its_own_cadence_and_a_final_logged_value(tmp_path):
 
 
 def test_config_speaks_the_var_trainers_vocabulary(tmp_path):
-    from nextscale.training.config import ConfigError
+    from nextscale.config_schema import ConfigError
     cfg = load_config(TokenizerTrainConfig, None, ["global_batch=8", "precision=bf16", "resume=false"])
     assert (cfg.global_batch, cfg.precision, cfg.resume) == (8, "bfloat16", "never")
     cfg = load_config(TokenizerTrainConfig, None, ["precision=float16", "resume=true"])
@@ -425,7 +425,7 @@ def test_config_speaks_the_var_trainers_vocabulary(tmp_path):
 
 
 def test_resume_never_and_resume_from_a_path(tmp_path):
-    from nextscale.training.config import ConfigError
+    from nextscale.config_schema import ConfigError
     train_tokenizer(_plain_config(tmp_path, "steps=2", "eval_every=0"))
     with pytest.raises(ConfigError, match="resume=never"):
         train_tokenizer(_plain_config(tmp_path, "steps=4", "eval_every=0", "resume=never"))

@@ -16,7 +16,8 @@ from nextscale.data.datasets import (DataConfig, EmptyDatasetError, ImageFolderD
 from nextscale.files import atomic_write
 from nextscale.training.checkpointing import (CheckpointManager, capture_rng_state, load_checkpoint,
                                               restore_rng_state)
-from nextscale.training.config import ConfigError, config_to_dict, load_config, save_config
+from nextscale.config_schema import ConfigError, config_to_dict
+from nextscale.training.config import load_config, save_config
 from nextscale.training.metrics import MetricsLogger, plot_curves, read_jsonl
 from refusals import png_claiming, refused
 

@@ -11,7 +11,6 @@ The kills are real: SIGKILL of a subprocess training a tiny config, right after 
 writing a checkpoint.
 """
 
-import json
 import os
 import signal
 import subprocess

@@ -18,7 +18,7 @@ from PIL import Image
 import nextscale
 from nextscale.checkpoints import CheckpointError
 from nextscale.training.checkpointing import CheckpointManager, load_checkpoint
-from nextscale.training.config import ConfigError
+from nextscale.config_schema import ConfigError
 from nextscale.training.metrics import read_jsonl
 from nextscale.training.optim import build_adamw, param_groups, scaled_lr, warmup_then_linear_decay
 from nextscale.training.token_cache import TokenCache, TokenCacheError, build_token_cache, iterate_array_batches

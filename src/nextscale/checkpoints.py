@@ -391,18 +391,6 @@ def _config_classes() -> dict[str, type]:
     return {"var": VARConfig, "vqvae": VQVAEConfig, "raster_ar": RasterARConfig}
 
 
-def _config_ranges(kind: str) -> dict:
-    """The accepted values of each numeric architecture field of a `kind` model folder's config.json, in the
-    trainers' Range vocabulary (nextscale.training.config); the tokenizer's table is the trainer's own."""
-    from nextscale.training.config import AT_LEAST_1, BELOW_ONE, FRACTION, POSITIVE, Range, ranges_of
-    if kind == "vqvae":
-        return ranges_of(VQVAEConfig)
-    return {"depth": AT_LEAST_1, "embed_dim": AT_LEAST_1, "num_heads": AT_LEAST_1, "num_classes": AT_LEAST_1,
-            "vocab_size": AT_LEAST_1, "vae_channels": AT_LEAST_1, "seq_len": AT_LEAST_1,
-            "patch_nums": Range(low=1, min_items=1), "mlp_ratio": POSITIVE, "drop_path_rate": BELOW_ONE,
-            "class_drop_prob": FRACTION, "norm_eps": POSITIVE}
-
-
 CONFIG_CHOICES = {"lookup": ("l2", "cosine")}  # string fields and the values they take
 # Counts that make Python objects (blocks, levels, scales): bounded, so that even building a model on the meta
 # device to compare it with the weights stays cheap. Far above any published or trained model.
@@ -420,7 +408,7 @@ def check_model_config(meta, config_path: str | os.PathLike, expected_kind: str 
     the field otherwise. Other top-level keys are kept as they are (the model's extra_config).
     """
     from nextscale.sampling import MAX_CFG
-    from nextscale.training.config import ConfigError, coerce
+    from nextscale.config_schema import ConfigError, coerce, ranges_of
     where = str(config_path)
 
     def bad(message: str):
@@ -445,7 +433,7 @@ def check_model_config(meta, config_path: str | os.PathLike, expected_kind: str 
     if unknown:
         raise bad(f"unknown config key(s) {', '.join('config.' + k for k in unknown)}; known: {', '.join(sorted(fields))}")
     hints = typing.get_type_hints(cls)
-    ranges = _config_ranges(kind)
+    ranges = ranges_of(classes[kind])
     checked, problems = {}, []
     for name, value in config.items():
         key = f"config.{name}"

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from nextscale.config_dict import ConfigDict
+from nextscale.config_schema import AT_LEAST_1, BELOW_ONE, FRACTION, POSITIVE, ConfigDict
 from nextscale.transformer.var import AdaLNBeforeHead, AdaLNBlock, KVCache
 
 
@@ -37,6 +37,10 @@ class RasterARConfig(ConfigDict):
     class_drop_prob: float = 0.1
     norm_eps: float = 1e-6
     shared_adaln: bool = False  # read by AdaLNBlock; the baseline always has one AdaLN per block
+
+    RANGES = {"depth": AT_LEAST_1, "embed_dim": AT_LEAST_1, "num_heads": AT_LEAST_1, "num_classes": AT_LEAST_1,
+              "vocab_size": AT_LEAST_1, "seq_len": AT_LEAST_1, "mlp_ratio": POSITIVE, "drop_path_rate": BELOW_ONE,
+              "class_drop_prob": FRACTION, "norm_eps": POSITIVE}
 
     def __post_init__(self):
         if self.embed_dim is None:

@@ -104,7 +104,7 @@ def _evaluate(args, outputs: Outputs, device) -> int:
         import yaml
 
         from nextscale.data.datasets import DataConfig, NoHeldOutData, build_dataset
-        from nextscale.training.config import from_dict
+        from nextscale.config_schema import from_dict
         data_cfg = from_dict(DataConfig, (yaml.safe_load(run_config.read_text()) or {}).get("data") or {}, "data.")
         try:
             dataset = build_dataset(data_cfg, train=False)

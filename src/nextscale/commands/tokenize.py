@@ -50,7 +50,7 @@ def run(args) -> int:
     from nextscale.commands.train import split_config_and_overrides
     from nextscale.data.datasets import build_dataset
     from nextscale.training.token_cache import build_token_cache, token_dtype
-    from nextscale.training.config import config_to_dict
+    from nextscale.config_schema import config_to_dict
     from nextscale.training.var_trainer import config_from, load_tokenizer
     check_number("--batch-size", args.batch_size, 1, MAX_BATCH, integer=True)
     config, overrides = split_config_and_overrides(args)

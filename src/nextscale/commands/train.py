@@ -70,7 +70,7 @@ def split_config_and_overrides(args) -> tuple[str | None, list[str]]:
 
 
 def run(args) -> int:
-    from nextscale.training.config import config_to_dict
+    from nextscale.config_schema import config_to_dict
     from nextscale.training.var_trainer import config_from, train
     config, overrides = split_config_and_overrides(args)
     cfg = config_from(config, overrides) if config else config_from({}, overrides)

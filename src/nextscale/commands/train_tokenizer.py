@@ -42,7 +42,8 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from nextscale.commands.train import split_config_and_overrides
-    from nextscale.training.config import config_to_dict, load_config
+    from nextscale.config_schema import config_to_dict
+    from nextscale.training.config import load_config
     from nextscale.training.tokenizer_trainer import TokenizerTrainConfig, train_tokenizer
     config, overrides = split_config_and_overrides(args)
     cfg = load_config(TokenizerTrainConfig, config, overrides)

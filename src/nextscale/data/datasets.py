@@ -32,6 +32,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from nextscale.config_schema import AT_LEAST_1, BELOW_ONE, Range, off_at_zero
 from nextscale.images import DEFAULT_MAX_PIXELS, ImageReadError, open_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -78,6 +79,11 @@ class DataConfig:
     hflip: bool = False  # random horizontal flip in training
     verify: bool = False  # decode every image of a folder up front (slow on big folders) to skip bad ones early
     num_workers: int = 0
+
+    RANGES = {"eval_fraction": BELOW_ONE, "max_images": AT_LEAST_1,  # None: every image
+              "resolution": AT_LEAST_1, "channels": Range(choices=(1, 3)),
+              "resize_ratio": Range(low=1),  # the crop is taken from the resized image
+              "num_workers": off_at_zero("load in the training process")}
 
     def resolved_kind(self) -> str:
         """"fashion_mnist" or "image_folder" (what "auto" stands for with this path)."""

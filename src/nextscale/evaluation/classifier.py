@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nextscale.config_dict import ConfigDict
+from nextscale.config_schema import ConfigDict
 from nextscale.data.fashion_mnist import CLASS_NAMES
 
 SHIPPED_FOLDER = "fashion_mnist_classifier"
@@ -173,7 +173,7 @@ def check_classifier_config(meta, config_path: str | os.PathLike) -> ClassifierC
     import typing
 
     from nextscale.checkpoints import CheckpointError
-    from nextscale.training.config import AT_LEAST_1, BELOW_ONE, POSITIVE, ConfigError, Range, coerce
+    from nextscale.config_schema import AT_LEAST_1, BELOW_ONE, POSITIVE, ConfigError, Range, coerce
     where = str(config_path)
 
     def bad(message: str):

@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from nextscale.config_dict import ConfigDict
+from nextscale.config_schema import AT_LEAST_1, BELOW_ONE, FRACTION, NON_NEGATIVE, ConfigDict, Range
 from nextscale.tokenizer.autoencoder import Decoder, Encoder
 from nextscale.tokenizer.quantizer import MultiScaleQuantizer
 
@@ -35,6 +35,11 @@ class VQVAEConfig(ConfigDict):
     image_channels: int = 3
     beta: float = 0.25
     dropout: float = 0.0
+
+    RANGES = {"ch": AT_LEAST_1, "ch_mult": Range(low=1, min_items=1), "num_res_blocks": AT_LEAST_1,
+              "z_channels": AT_LEAST_1, "vocab_size": AT_LEAST_1, "patch_nums": Range(low=1, min_items=1),
+              "phi_count": AT_LEAST_1, "phi_ratio": FRACTION, "image_channels": Range(choices=(1, 3)),
+              "beta": NON_NEGATIVE, "dropout": BELOW_ONE}
 
     def __post_init__(self):
         self.ch_mult = tuple(int(m) for m in self.ch_mult)

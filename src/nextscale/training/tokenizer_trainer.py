@@ -32,12 +32,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from nextscale.config_schema import (AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, SEED, ConfigError, Range,
+                                     check_ranges, off_at_zero)
 from nextscale.data.datasets import DataConfig, build_dataset
 from nextscale.tokenizer.vqvae import VQVAE, VQVAEConfig
 from nextscale.training import distributed as dist_utils
 from nextscale.training.checkpointing import CheckpointManager, load_checkpoint, restore_rng_state
-from nextscale.training.config import (AT_LEAST_1, BELOW_ONE, FRACTION, NON_NEGATIVE, POSITIVE, SEED, ConfigError,
-                                       Range, check_ranges, off_at_zero, save_config)
+from nextscale.training.config import save_config
 from nextscale.training.discriminator import PatchDiscriminator
 from nextscale.training.losses import (adaptive_gan_weight, hinge_discriminator_loss, hinge_generator_loss, psnr,
                                        reconstruction_loss)

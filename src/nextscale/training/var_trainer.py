@@ -43,9 +43,9 @@ import torch.nn.functional as F
 from nextscale.data.datasets import DataConfig, build_dataset
 from nextscale.training import distributed as D
 from nextscale.training.checkpointing import CheckpointManager, load_checkpoint, restore_rng_state
-from nextscale.training.config import (AT_LEAST_1, BELOW_ONE, FRACTION, NON_NEGATIVE, POSITIVE, SEED, ConfigError,
-                                       Range, check_overrides_take_effect, check_ranges, config_to_dict, from_dict,
-                                       load_config, off_at_zero, save_config)
+from nextscale.config_schema import (AT_LEAST_1, BELOW_ONE, FRACTION, NON_NEGATIVE, POSITIVE, SEED, ConfigError,
+                                     Range, check_ranges, config_to_dict, from_dict, off_at_zero)
+from nextscale.training.config import check_overrides_take_effect, load_config, save_config
 from nextscale.training.metrics import MetricsLogger, drop_records_after, plot_curves, progress_bar
 from nextscale.training.optim import build_adamw, build_scheduler, scaled_lr
 from nextscale.training.token_cache import TokenCache, TokenCacheError, split_scales, tokenizer_identity
@@ -172,7 +172,8 @@ def config_from(config, overrides=()) -> TrainConfig:
 
 
 def _merge_overrides(base: dict, overrides) -> dict:
-    from nextscale.training.config import merge, parse_overrides
+    from nextscale.config_schema import merge
+    from nextscale.training.config import parse_overrides
     return merge(base, parse_overrides(overrides))
 
 

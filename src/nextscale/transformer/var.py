@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nextscale.config_dict import ConfigDict
+from nextscale.config_schema import AT_LEAST_1, BELOW_ONE, FRACTION, POSITIVE, ConfigDict, Range
 PATCH_NUMS_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 
 
@@ -35,6 +35,10 @@ class VARConfig(ConfigDict):
     drop_path_rate: float | None = None  # default 0.1 * depth / 24
     class_drop_prob: float = 0.1
     norm_eps: float = 1e-6
+
+    RANGES = {"depth": AT_LEAST_1, "embed_dim": AT_LEAST_1, "num_heads": AT_LEAST_1, "num_classes": AT_LEAST_1,
+              "vocab_size": AT_LEAST_1, "vae_channels": AT_LEAST_1, "patch_nums": Range(low=1, min_items=1),
+              "mlp_ratio": POSITIVE, "drop_path_rate": BELOW_ONE, "class_drop_prob": FRACTION, "norm_eps": POSITIVE}
 
     def __post_init__(self):
         if self.embed_dim is None:
