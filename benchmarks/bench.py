@@ -35,7 +35,8 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 import nextscale
 from nextscale.baseline.raster_ar import RasterAR, RasterARConfig
-from nextscale.sampling import generate_tokens, make_generator, quantize_int8
+from nextscale.inference_options import make_generator
+from nextscale.sampling import generate_tokens, quantize_int8
 from nextscale.tokenizer.vqvae import PATCH_NUMS_256, PATCH_NUMS_512
 
 # Ten scales ending at each final token grid: the paper's 256px and 512px schedules, and two in between.

@@ -24,7 +24,7 @@ import torch
 
 def sample_var(model_dir: str, labels: list[int], settings: dict, seed: int, batch_size: int):
     import nextscale
-    from nextscale.sampling import seeded_generators
+    from nextscale.inference_options import seeded_generators
     var = nextscale.load_var(model_dir)
     start = time.perf_counter()
     images = nextscale.sample(var, labels, generator=seeded_generators(range(seed, seed + len(labels))),
@@ -33,9 +33,9 @@ def sample_var(model_dir: str, labels: list[int], settings: dict, seed: int, bat
 
 
 def sample_ar(model_dir: str, labels: list[int], settings: dict, seed: int, batch_size: int):
-    from nextscale.baseline.raster_ar import RasterAR
+    from nextscale.checkpoints import load_raster_ar
     from nextscale.training.token_cache import split_scales
-    ar = RasterAR.from_pretrained(model_dir)
+    ar = load_raster_ar(model_dir)
     vae = ar.tokenizer
     g = torch.Generator().manual_seed(seed)
     out = []

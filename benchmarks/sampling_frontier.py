@@ -123,7 +123,7 @@ def quality_rows(options, var, labels, args, refiner, rejector, classifier) -> t
     from nextscale.evaluation.evaluate import fashion_mnist_metrics
     from nextscale.evaluation.image_sets import ImageSet
     from nextscale.images import to_uint8_hwc
-    from nextscale.sampling import class_names
+    from nextscale.inference_options import class_names
 
     K = len(var.patch_nums)
     n = len(labels)

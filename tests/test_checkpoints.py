@@ -7,10 +7,12 @@ import pytest
 import torch
 
 import nextscale
-from nextscale.checkpoints import (VAE_PRESETS, VAR_PRESETS, CheckpointError, _load_strict, infer_vae_config,
-                                   infer_var_config)
+from nextscale.model_folder import CheckpointError
+from nextscale.checkpoints import _architectures, _load_strict, infer_vae_config, infer_var_config
 from nextscale.tokenizer import VQVAE
 from nextscale.transformer import VAR
+
+VAE_PRESETS, VAR_PRESETS = _architectures("vqvae"), _architectures("var")
 
 MANIFEST_NAMES = {"vae-f16c32": "vae_ch160v4096z32", "var-d16": "var_d16", "var-d20": "var_d20",
                   "var-d24": "var_d24", "var-d30": "var_d30", "var-d36": "var_d36"}
@@ -73,7 +75,7 @@ def test_save_load_round_trip_is_exact(tiny_models, tmp_path):
         sa, sb = a.state_dict(), b.state_dict()
         assert sa.keys() == sb.keys()
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
-    loaded_vae = VQVAE.from_pretrained(tmp_path / "model" / "tokenizer")
+    loaded_vae = nextscale.load_vae(tmp_path / "model" / "tokenizer")
     assert loaded_vae.config == vae.config
 
 
@@ -200,8 +202,8 @@ def test_preset_without_network_fails_fast_naming_the_file(tmp_path):
 
 
 def test_preset_on_this_machine_without_network(tmp_path):
-    from nextscale.checkpoints import _hub_unreachable
-    if _hub_unreachable() is None:
+    from nextscale.hub import hub_unreachable
+    if hub_unreachable() is None:
         pytest.skip("the Hugging Face Hub is reachable from here: the preset would be downloaded")
     result = _load_in_fresh_process(tmp_path, "load_var('var-d16')")
     _assert_says_how_to_get(result, "var_d16.pth", "load_var")
@@ -256,9 +258,10 @@ def test_every_architecture_field_has_a_rule_in_the_config_schema():
     import dataclasses
     import typing
 
-    from nextscale.checkpoints import CONFIG_CHOICES, _config_classes
     from nextscale.config_schema import ranges_of
-    for kind, cls in _config_classes().items():
+    from nextscale.model_folder import CONFIG_CHOICES
+    from nextscale.registry import MODEL_TYPES
+    for kind, cls in ((k, t.config_class) for k, t in MODEL_TYPES.items()):
         hints = typing.get_type_hints(cls)
         ranges = ranges_of(cls)
         for field in dataclasses.fields(cls):
@@ -313,6 +316,7 @@ def test_empty_files_say_so(tmp_path):
 def test_save_pretrained_replaces_files_whole(tiny_models, tmp_path, monkeypatch):
     """An interrupted save (the trainers write model/ with every checkpoint) leaves the previous files whole."""
     import nextscale.checkpoints as checkpoints
+    import nextscale.model_folder as model_folder
     vae, _ = tiny_models
     vae.save_pretrained(tmp_path / "tok")
     before = {p.name: p.read_bytes() for p in (tmp_path / "tok").iterdir()}
@@ -321,7 +325,7 @@ def test_save_pretrained_replaces_files_whole(tiny_models, tmp_path, monkeypatch
         Path(filename).write_bytes(b"half a file")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(checkpoints, "save_file", interrupted)
+    monkeypatch.setattr(model_folder, "save_file", interrupted)
     with pytest.raises(KeyboardInterrupt):
         checkpoints.save_pretrained(vae, tmp_path / "tok")
     assert {p.name: p.read_bytes() for p in (tmp_path / "tok").iterdir()} == before

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 import nextscale
+import nextscale.inference_options
 from conftest import TINY_TOKENIZER, TINY_TRANSFORMER
 from nextscale.cli import main
 from refusals import png_claiming, refused
@@ -187,7 +188,7 @@ def test_the_python_api_refuses_class_ids_in_other_digits(model_dir):
             nextscale.sample(var, [value], seed=0)
         with pytest.raises(ValueError, match=message):
             nextscale.sample(var, f"c1,{value}", seed=0)
-    assert nextscale.sampling.parse_classes(["3", "+4", " 5 "], var) == [3, 4, 5]  # ASCII ids still read
+    assert nextscale.inference_options.parse_classes(["3", "+4", " 5 "], var) == [3, 4, 5]  # ASCII ids still read
 
 
 # ---------------------------------------------------------------------------------------- edit

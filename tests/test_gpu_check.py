@@ -15,6 +15,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import gpu_check  # noqa: E402
 
 import nextscale  # noqa: E402
+import nextscale.inference_options  # noqa: E402
 from nextscale.transformer.var import VARConfig  # noqa: E402
 
 REFERENCE_DIR = Path(os.environ.get("NEXTSCALE_REFERENCE_DIR", REPO / ".." / "shared" / "reference")).resolve()
@@ -104,7 +105,7 @@ def test_cpu_generator_bridge_draws_what_the_cpu_path_draws(tiny_models):
     plain = nextscale.sample(var, [1, 2], seed=3, cfg=2.0, top_k=20, top_p=0.9, more_smooth=True)
     record = []
     with gpu_check.cpu_generator_bridge(record):
-        bridged = nextscale.sample(var, [1, 2], generator=nextscale.sampling.make_generator(3, "cpu"), cfg=2.0,
+        bridged = nextscale.sample(var, [1, 2], generator=nextscale.inference_options.make_generator(3, "cpu"), cfg=2.0,
                                    top_k=20, top_p=0.9, more_smooth=True)
     assert all(torch.equal(a, b) for a, b in zip(plain.tokens, bridged.tokens))
     assert [r.shape for r in record] == [(2, pn * pn, 64) for pn in var.patch_nums]

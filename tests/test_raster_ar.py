@@ -2,6 +2,7 @@
 
 import torch
 
+import nextscale
 from nextscale.baseline.raster_ar import RasterAR, RasterARConfig
 
 
@@ -47,13 +48,13 @@ def test_greedy_generation_follows_its_own_argmax_and_seed_is_deterministic():
 
 
 def test_a_run_folder_stands_for_its_model_folder(tmp_path):
-    """`RasterAR.from_pretrained(RUN)` reads RUN/model, the rule load_var applies to transformer runs."""
+    """`load_raster_ar(RUN)` reads RUN/model, the rule load_var applies to transformer runs."""
     import pytest
 
-    from nextscale.checkpoints import CheckpointError
+    from nextscale.model_folder import CheckpointError
     model = tiny_raster_ar()
     model.save_pretrained(tmp_path / "run" / "model")
-    loaded = RasterAR.from_pretrained(tmp_path / "run")
+    loaded = nextscale.load_raster_ar(tmp_path / "run")
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
     with pytest.raises(CheckpointError):
-        RasterAR.from_pretrained(tmp_path / "elsewhere")
+        nextscale.load_raster_ar(tmp_path / "elsewhere")

@@ -59,7 +59,7 @@ def test_batch_split_rule(ref_var):
     """One seed: a single generator feeds the whole request in batch order, so the first batch equals
     sampling it alone. Per-image generators: every image equals sampling it alone with its seed,
     whatever the batching."""
-    from nextscale.sampling import seeded_generators
+    from nextscale.inference_options import seeded_generators
     split = nextscale.sample(ref_var, [3, 7], seed=5, cfg=1.0, top_k=10, batch_size=1)
     alone = nextscale.sample(ref_var, [3], seed=5, cfg=1.0, top_k=10)
     assert torch.equal(split.images[0], alone.images[0])
@@ -120,7 +120,7 @@ def test_bad_boxes(box):
 @pytest.mark.parametrize("labels", [[3, 7], (3, 7), torch.tensor([3, 7]), np.array([3, 7]),
                                     [np.int64(3), torch.tensor(7)], ["3", " 7 "], "3,7"])
 def test_label_forms_give_the_same_ids(ref_var, labels):
-    from nextscale.sampling import as_label_tensor
+    from nextscale.inference_options import as_label_tensor
     assert as_label_tensor(labels, ref_var, "cpu").tolist() == [3, 7]
 
 

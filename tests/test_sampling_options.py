@@ -15,7 +15,8 @@ import torch
 import nextscale
 from nextscale.evaluation.classifier import ClassifierConfig, ImageClassifier
 from nextscale.rejection import ClassScorer, candidate_plan, candidates_for, class_scorer, inception_class_map
-from nextscale.sampling import GuidanceSchedule, generate_tokens, parse_guidance, seeded_generators
+from nextscale.inference_options import seeded_generators
+from nextscale.sampling import GuidanceSchedule, generate_tokens, parse_guidance
 
 SETTINGS = [dict(cfg=1.5, top_k=20, top_p=0.9), dict(cfg=4.0, top_k=0, top_p=0.0),
             dict(cfg=2.0, top_k=30, top_p=0.95, more_smooth=True)]

@@ -24,7 +24,7 @@ from PIL import Image
 
 import nextscale
 from nextscale.editing import inpaint_keep_mask
-from nextscale.sampling import seeded_generators
+from nextscale.inference_options import seeded_generators
 from nextscale.serve import ModelRunner, make_server
 
 MAX_UPLOAD = 300_000

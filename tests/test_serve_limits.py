@@ -274,10 +274,10 @@ def test_the_web_app_takes_its_limits_from_the_one_definition_of_each():
     (nextscale.sampling's MAX_SEED and MAX_CFG, nextscale.images' DEFAULT_MAX_PIXELS)."""
     import inspect
 
-    from nextscale import images, sampling
+    from nextscale import images, inference_options, model_folder
     from nextscale.cli import build_parser
     from nextscale.serve import work
-    assert work.MAX_SEED is sampling.MAX_SEED and work.MAX_CFG is sampling.MAX_CFG
+    assert work.MAX_SEED is inference_options.MAX_SEED and work.MAX_CFG is model_folder.MAX_CFG
     assert inspect.signature(ModelRunner).parameters["max_pixels"].default == images.DEFAULT_MAX_PIXELS
     args = build_parser().parse_args(["serve"])
     assert args.max_pixels * 1e6 == images.DEFAULT_MAX_PIXELS

@@ -240,7 +240,7 @@ def test_trainer_writes_checkpoints_metrics_and_export(tmp_path):
     assert "g_loss" not in records[0]  # the GAN starts at step 1 (0-based), i.e. the second step
     assert "codes_restarted" in records[1]
     assert (run / "curves.png").is_file()
-    exported = nextscale.VQVAE.from_pretrained(run / "model")
+    exported = nextscale.load_vae(run / "model")
     assert all(torch.equal(a, b) for a, b in zip(exported.state_dict().values(), summary["vae"].state_dict().values()))
 
 
@@ -281,7 +281,7 @@ def test_stop_at_step_pauses_inside_the_schedule_and_resumes_to_the_same_weights
     paused = train_tokenizer(tiny_config(tmp_path / "b", "steps=4", "stop_at_step=3"))
     run = tmp_path / "b" / "run"
     assert paused["step"] == 3 and (run / "checkpoints" / "step_00000003.pt").is_file()
-    exported = nextscale.VQVAE.from_pretrained(run / "model")
+    exported = nextscale.load_vae(run / "model")
     assert all(torch.equal(a, b) for a, b in zip(exported.state_dict().values(), paused["vae"].state_dict().values()))
     assert train_tokenizer(tiny_config(tmp_path / "b", "steps=4", "stop_at_step=3"))["step"] == 3  # nothing to do
     resumed = train_tokenizer(tiny_config(tmp_path / "b", "steps=4"))

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 import nextscale
-from nextscale.checkpoints import CheckpointError
+from nextscale.model_folder import CheckpointError
 from nextscale.training.checkpointing import CheckpointManager, load_checkpoint
 from nextscale.config_schema import ConfigError
 from nextscale.training.metrics import read_jsonl
@@ -200,9 +200,8 @@ def test_raster_ar_baseline_trains_with_the_same_loop(workdir, tmp_path):
     assert Path(summary["samples"]).is_file()
     state = load_checkpoint(summary["checkpoint"])
     assert state["model_kind"] == "raster_ar" and state["model_config"]["seq_len"] == 30
-    from nextscale.baseline import RasterAR
     export_checkpoint(summary["checkpoint"], tmp_path / "model")
-    model = RasterAR.from_pretrained(tmp_path / "model")
+    model = nextscale.load_raster_ar(tmp_path / "model")
     assert model.tokenizer is not None
     torch.testing.assert_close(model.state_dict()["head.weight"], state["model"]["head.weight"])
     with pytest.raises(nextscale.CheckpointError, match="holds a 'raster_ar' model, not a 'var'"):

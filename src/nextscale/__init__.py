@@ -1,18 +1,51 @@
-"""nextscale: VAR (visual autoregressive modeling by next-scale prediction) in PyTorch."""
+"""nextscale: VAR (visual autoregressive modeling by next-scale prediction) in PyTorch.
 
-from nextscale.checkpoints import (CheckpointError, build_var, build_vae, load_var, load_vae, save_pretrained)
-from nextscale.editing import edit, inpaint_keep_mask, keep_mask_from_image, outpaint_keep_mask
-from nextscale.evaluation import load_classifier
-from nextscale.pretrained import load_pretrained
-from nextscale.sampling import SampleOutput, recommended_sampling, sample
-from nextscale.tokenizer import VQVAE, VQVAEConfig
-from nextscale.transformer import VAR, VARConfig
+The names below are the public API. They are imported on first use (PEP 562), so that `import nextscale.images`
+or a trainer does not load the sampler, the editor and the evaluation with them; `from nextscale import sample`
+works as usual.
+"""
+
+from __future__ import annotations
+
+import importlib
+import typing
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "VQVAE", "VQVAEConfig", "VAR", "VARConfig", "CheckpointError", "SampleOutput",
-    "load_vae", "load_var", "load_pretrained", "build_vae", "build_var", "save_pretrained",
-    "sample", "edit", "inpaint_keep_mask", "outpaint_keep_mask", "keep_mask_from_image",
-    "load_classifier", "recommended_sampling",
-]
+_EXPORTS = {
+    "VQVAE": "nextscale.tokenizer.vqvae", "VQVAEConfig": "nextscale.tokenizer.vqvae",
+    "VAR": "nextscale.transformer.var", "VARConfig": "nextscale.transformer.var",
+    "CheckpointError": "nextscale.model_folder", "save_pretrained": "nextscale.model_folder",
+    "load_vae": "nextscale.checkpoints", "load_var": "nextscale.checkpoints",
+    "load_raster_ar": "nextscale.checkpoints", "load_pretrained": "nextscale.checkpoints",
+    "build_vae": "nextscale.checkpoints", "build_var": "nextscale.checkpoints",
+    "sample": "nextscale.sampling", "SampleOutput": "nextscale.sampling",
+    "recommended_sampling": "nextscale.inference_options",
+    "edit": "nextscale.editing", "inpaint_keep_mask": "nextscale.editing",
+    "outpaint_keep_mask": "nextscale.editing", "keep_mask_from_image": "nextscale.editing",
+    "load_classifier": "nextscale.evaluation.classifier",
+}
+__all__ = list(_EXPORTS)
+
+if typing.TYPE_CHECKING:  # what static tools and IDEs see
+    from nextscale.checkpoints import (build_vae, build_var, load_pretrained, load_raster_ar, load_vae,
+                                       load_var)
+    from nextscale.editing import edit, inpaint_keep_mask, keep_mask_from_image, outpaint_keep_mask
+    from nextscale.evaluation.classifier import load_classifier
+    from nextscale.inference_options import recommended_sampling
+    from nextscale.model_folder import CheckpointError, save_pretrained
+    from nextscale.sampling import SampleOutput, sample
+    from nextscale.tokenizer.vqvae import VQVAE, VQVAEConfig
+    from nextscale.transformer.var import VAR, VARConfig
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'nextscale' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

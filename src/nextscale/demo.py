@@ -19,11 +19,11 @@ import torch
 from PIL import Image, ImageDraw
 
 import nextscale
-from nextscale.checkpoints import CheckpointError
+from nextscale.model_folder import CheckpointError
 from nextscale.data.fashion_mnist import DatasetMissingError, load_fashion_mnist
 from nextscale.editing import inpaint_keep_mask, outpaint_keep_mask, shade_regenerated
 from nextscale.images import to_model_input, to_uint8_hwc
-from nextscale.sampling import seeded_generators
+from nextscale.inference_options import seeded_generators
 
 ZOOM = 3  # 32px images are shown 3x larger, nearest-neighbour
 
@@ -74,6 +74,70 @@ def tile(rows: list[np.ndarray], row_labels: list[str] | None = None, col_labels
     return canvas
 
 
+def editing_figures(var, args, names: list[str], settings: dict, out: Path) -> list[tuple[str, str, str]]:
+    """In-painting, out-painting and class-conditional editing of Fashion-MNIST test images (none when the data
+    is not installed): the pictures written into `out`, as (file, title, caption)."""
+    vae = var.tokenizer
+    figures = []
+    data = test_images_or_install(args.fashion_mnist_dir)
+    if data is None:
+        return []
+    images, test_labels = data
+    grid = var.patch_nums[-1]
+    rng = np.random.default_rng(args.seed)
+    chosen = rng.choice(len(images), size=4, replace=False)
+    as_model_input = lambda a: to_model_input(torch.from_numpy(a).float().div(255)[:, None].expand(-1, 3, -1, -1),
+                                              vae.resolution)
+    inputs = as_model_input(images[chosen])
+    n_var = 4
+    cases = [
+        ("inpaint.png", "In-painting", "the centre (blue) is regenerated, unconditionally, from the rest",
+         inpaint_keep_mask((0.3, 0.3, 0.7, 0.7), grid), None),
+        ("outpaint.png", "Out-painting", "only the centre is kept; everything around it is regenerated",
+         outpaint_keep_mask((0.25, 0.25, 0.75, 0.75), grid), None),
+    ]
+    for file, title, caption, keep, _ in cases:
+        rows = []
+        for i, img in enumerate(inputs):
+            edited = nextscale.edit(var, img.expand(n_var, -1, -1, -1), keep, labels=var.num_classes,
+                                    generator=seeded_generators(range(args.seed + 10 * i, args.seed + 10 * i + n_var)),
+                                    **settings).images
+            rows.append(to_uint8_hwc(torch.cat([img[None], shade_regenerated(img, keep)[None], edited])))
+        tile(rows, row_labels=[names[test_labels[j]] for j in chosen],
+             col_labels=["input", "mask"] + [f"seed {k}" for k in range(n_var)]).save(out / file)
+        figures.append((file, title, caption))
+
+    # class-conditional edit: regenerate the top 60% of a T-shirt as other classes
+    tshirt = int(np.flatnonzero(test_labels == 0)[0]) if (test_labels == 0).any() else int(chosen[0])
+    img = as_model_input(images[tshirt:tshirt + 1])[0]
+    keep = inpaint_keep_mask((0.0, 0.0, 0.6, 1.0), grid)
+    targets = [c for c in (3, 2, 4, 8) if c < var.num_classes]
+    rows = []
+    for c in targets:
+        edited = nextscale.edit(var, img.expand(n_var, -1, -1, -1), keep, labels=c,
+                                generator=seeded_generators(range(args.seed, args.seed + n_var)), **settings).images
+        rows.append(to_uint8_hwc(torch.cat([img[None], shade_regenerated(img, keep)[None], edited])))
+    tile(rows, row_labels=[f"-> {names[c]}" for c in targets],
+         col_labels=["input", "mask"] + [f"seed {k}" for k in range(n_var)]).save(out / "class_edit.png")
+    figures.append(("class_edit.png", "Class-conditional editing",
+                    f"the top 60% of a {names[test_labels[tshirt]]} (test image {tshirt}) is regenerated as "
+                    f"another class; the bottom is kept"))
+    return figures
+
+
+def write_index(out: Path, figures: list[tuple[str, str, str]], note: str | None) -> None:
+    """index.html: every picture with its title and caption."""
+    page = ["<!doctype html><meta charset='utf-8'><title>nextscale demo</title>",
+            "<style>body{font-family:sans-serif;max-width:960px;margin:2em auto}img{image-rendering:pixelated;"
+            "max-width:100%}figure{margin:2em 0}</style>",
+            "<h1>nextscale: VAR on Fashion-MNIST</h1>",
+            f"<p>{html.escape(note)}</p>" if note else ""]
+    for file, title, caption in figures:
+        page.append(f"<figure><h2>{html.escape(title)}</h2><img src='{file}' alt='{html.escape(title)}'>"
+                    f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    (out / "index.html").write_text("\n".join(page) + "\n")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m nextscale.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="demo", help="output folder (default: demo)")
@@ -121,59 +185,8 @@ def main(argv=None) -> int:
     figures.append(("scales.png", "Coarse to fine", "each column decodes the token maps up to that scale; "
                     "the last column is the sample"))
 
-    # 3. editing Fashion-MNIST test images
-    data = test_images_or_install(args.fashion_mnist_dir)
-    if data is not None:
-        images, test_labels = data
-        grid = var.patch_nums[-1]
-        rng = np.random.default_rng(args.seed)
-        chosen = rng.choice(len(images), size=4, replace=False)
-        as_model_input = lambda a: to_model_input(torch.from_numpy(a).float().div(255)[:, None].expand(-1, 3, -1, -1),
-                                                  vae.resolution)
-        inputs = as_model_input(images[chosen])
-        n_var = 4
-        cases = [
-            ("inpaint.png", "In-painting", "the centre (blue) is regenerated, unconditionally, from the rest",
-             inpaint_keep_mask((0.3, 0.3, 0.7, 0.7), grid), None),
-            ("outpaint.png", "Out-painting", "only the centre is kept; everything around it is regenerated",
-             outpaint_keep_mask((0.25, 0.25, 0.75, 0.75), grid), None),
-        ]
-        for file, title, caption, keep, _ in cases:
-            rows = []
-            for i, img in enumerate(inputs):
-                edited = nextscale.edit(var, img.expand(n_var, -1, -1, -1), keep, labels=var.num_classes,
-                                        generator=seeded_generators(range(args.seed + 10 * i, args.seed + 10 * i + n_var)),
-                                        **settings).images
-                rows.append(to_uint8_hwc(torch.cat([img[None], shade_regenerated(img, keep)[None], edited])))
-            tile(rows, row_labels=[names[test_labels[j]] for j in chosen],
-                 col_labels=["input", "mask"] + [f"seed {k}" for k in range(n_var)]).save(out / file)
-            figures.append((file, title, caption))
-
-        # class-conditional edit: regenerate the top 60% of a T-shirt as other classes
-        tshirt = int(np.flatnonzero(test_labels == 0)[0]) if (test_labels == 0).any() else int(chosen[0])
-        img = as_model_input(images[tshirt:tshirt + 1])[0]
-        keep = inpaint_keep_mask((0.0, 0.0, 0.6, 1.0), grid)
-        targets = [c for c in (3, 2, 4, 8) if c < var.num_classes]
-        rows = []
-        for c in targets:
-            edited = nextscale.edit(var, img.expand(n_var, -1, -1, -1), keep, labels=c,
-                                    generator=seeded_generators(range(args.seed, args.seed + n_var)), **settings).images
-            rows.append(to_uint8_hwc(torch.cat([img[None], shade_regenerated(img, keep)[None], edited])))
-        tile(rows, row_labels=[f"-> {names[c]}" for c in targets],
-             col_labels=["input", "mask"] + [f"seed {k}" for k in range(n_var)]).save(out / "class_edit.png")
-        figures.append(("class_edit.png", "Class-conditional editing",
-                        f"the top 60% of a {names[test_labels[tshirt]]} (test image {tshirt}) is regenerated as "
-                        f"another class; the bottom is kept"))
-
-    page = ["<!doctype html><meta charset='utf-8'><title>nextscale demo</title>",
-            "<style>body{font-family:sans-serif;max-width:960px;margin:2em auto}img{image-rendering:pixelated;"
-            "max-width:100%}figure{margin:2em 0}</style>",
-            "<h1>nextscale: VAR on Fashion-MNIST</h1>",
-            f"<p>{html.escape(note)}</p>" if note else ""]
-    for file, title, caption in figures:
-        page.append(f"<figure><h2>{html.escape(title)}</h2><img src='{file}' alt='{html.escape(title)}'>"
-                    f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-    (out / "index.html").write_text("\n".join(page) + "\n")
+    figures += editing_figures(var, args, names, settings, out)
+    write_index(out, figures, note)
     print(f"wrote {len(figures)} pictures and index.html into {out.resolve()}/")
     for file, title, _ in figures:
         print(f"  {out / file}: {title}")

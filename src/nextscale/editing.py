@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from nextscale.images import load_images, to_model_input
-from nextscale.sampling import (Generators, GuidanceSchedule, SampleOutput, _tokenizer_of, as_label_tensor,
-                                generate_tokens, parse_guidance, request_generator, resolve_sampling)
+from nextscale.inference_options import as_label_tensor, resolve_sampling
+from nextscale.sampling import (Generators, GuidanceSchedule, SampleOutput, _tokenizer_of, generate_tokens,
+                                parse_guidance, request_generator)
 from nextscale.transformer.var import VAR
 
 

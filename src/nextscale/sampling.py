@@ -16,7 +16,6 @@ Beyond the paper's sampler (each off by default, so the default path is the refe
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 import weakref
 from dataclasses import dataclass
@@ -26,14 +25,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from nextscale import rejection as rj
+from nextscale.inference_options import (as_label_tensor, check_seed, make_generator, precision_context, resolve_sampling, seeded_generators)
+from nextscale.transformer.logits import filter_logits
 from nextscale.transformer.var import VAR
 
-# "float32" is exact (the reference results); the others trade exactness for speed (see `sample`).
-PRECISIONS = ("float32", "bfloat16", "float16", "int8")
 # Guidance beyond this only saturates the logits (the published settings use 1.5 to 4; the web app's bound too).
-MAX_CFG = 100.0
-# Seeds: whole numbers in [0, MAX_SEED], as torch seeds them and the web app takes them (image i: seed + i).
-MAX_SEED = 2**63 - 1
 
 
 @dataclass
@@ -118,34 +115,6 @@ def parse_guidance(value, num_scales: int, name: str = "guidance") -> GuidanceSc
 def guidance_choices(num_scales: int) -> list[str]:
     """Every schedule for a model of `num_scales` scales, as strings (the web page's choices)."""
     return ["linear", "constant"] + [f"truncated:{n}" for n in range(num_scales)]
-
-
-def validate_sampling_args(num_classes: int, labels: torch.Tensor | None, cfg: float, top_k: int, top_p: float) -> None:
-    """Raise ValueError with a message that names the bad argument."""
-    if labels is not None and labels.numel() and (labels.min() < 0 or labels.max() > num_classes):
-        bad = labels[(labels < 0) | (labels > num_classes)].tolist()
-        raise ValueError(f"class ids {bad} are outside [0, {num_classes}] "
-                         f"(0..{num_classes - 1} are classes, {num_classes} is the null class for unconditional sampling)")
-    if not (0 <= cfg <= MAX_CFG):  # NaN fails the comparison too
-        raise ValueError(f"cfg must be a number in [0, {MAX_CFG:g}] (0 = no guidance), got {cfg}")
-    if top_k < 0:
-        raise ValueError(f"top_k must be >= 0 (0 disables it), got {top_k}")
-    if not 0 <= top_p <= 1:
-        raise ValueError(f"top_p must be in [0, 1] (0 disables it), got {top_p}")
-
-
-def filter_logits(logits_BlV: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -> torch.Tensor:
-    """Top-k then top-p (nucleus) filtering, in place: removed logits become -inf."""
-    V = logits_BlV.shape[-1]
-    if 0 < top_k < V:
-        kth = logits_BlV.topk(top_k, dim=-1, largest=True, sorted=False)[0].amin(dim=-1, keepdim=True)
-        logits_BlV.masked_fill_(logits_BlV < kth, -torch.inf)
-    if top_p > 0:
-        sorted_logits, sorted_idx = logits_BlV.sort(dim=-1, descending=False)
-        remove_sorted = sorted_logits.softmax(dim=-1).cumsum_(dim=-1) <= (1 - top_p)
-        remove_sorted[..., -1:] = False  # always keep the most likely token
-        logits_BlV.masked_fill_(remove_sorted.scatter(-1, sorted_idx, remove_sorted), -torch.inf)
-    return logits_BlV
 
 
 Generators = Union[torch.Generator, Sequence[torch.Generator], None]
@@ -328,122 +297,6 @@ def generate_tokens(var: VAR, labels_B: torch.Tensor, generator: Generators, cfg
     return tokens, f_hat
 
 
-def check_seed(seed, count: int = 1, name: str = "seed") -> int:
-    """`seed` as an int, when it and the seeds of `count` images after it (seed + i) lie in [0, MAX_SEED];
-    else a ValueError that says so under `name` (the argument or option)."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise ValueError(f"{name} must be a whole number in [0, {MAX_SEED}], got {seed!r}")
-    seed = int(seed)
-    last = MAX_SEED - max(count - 1, 0)
-    if not 0 <= seed <= last:
-        tail = f" (image i uses seed + i: {count} images need a seed of at most {last})" if count > 1 else ""
-        raise ValueError(f"{name} must be a whole number in [0, {MAX_SEED}]{tail}, got {seed}")
-    return seed
-
-
-def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator | None:
-    if seed is None:
-        return None
-    g = torch.Generator(device=device)
-    g.manual_seed(check_seed(seed))
-    return g
-
-
-# Published settings for FID (spec §3): the default of models that recommend none of their own.
-PUBLISHED_SAMPLING = {"cfg": 1.5, "top_k": 900, "top_p": 0.96}
-# Words that name the null class (unconditional sampling) wherever a class is read.
-NULL_CLASS_WORDS = ("null", "none", "unconditional")
-
-
-def recommended_sampling(var) -> dict:
-    """{"cfg", "top_k", "top_p"}: the model's recommendation (`var.extra_config["sampling"]`, kept in the
-    model folder's config.json; the transformer trainer's export writes it), else the published FID
-    settings 1.5 / 900 / 0.96. The one default of `sample`, `edit`, `nextscale sample|edit` and the web app."""
-    own = (getattr(var, "extra_config", None) or {}).get("sampling") or {}
-    return {k: type(v)(own.get(k, v)) for k, v in PUBLISHED_SAMPLING.items()}
-
-
-def resolve_sampling(var, cfg: float | None, top_k: int | None, top_p: float | None) -> dict:
-    """cfg/top_k/top_p as given, None replaced by `recommended_sampling(var)`; checked."""
-    given = {"cfg": cfg, "top_k": top_k, "top_p": top_p}
-    settings = {k: v if given[k] is None else given[k] for k, v in recommended_sampling(var).items()}
-    validate_sampling_args(var.num_classes, None, **settings)
-    return settings
-
-
-def class_names(var) -> list[str]:
-    """The model's class names (`var.extra_config["class_names"]`, index = class id), or [] when it has none."""
-    return [str(n) for n in ((getattr(var, "extra_config", None) or {}).get("class_names") or [])]
-
-
-def class_id(value, var) -> int:
-    """One class, as an id or a name, -> its id. Accepted: an int (or a 0-d tensor / numpy integer); a
-    string that is one of the model's class names (case-insensitive; a name wins over the same digits
-    read as an id); a string of digits (an id); "null" / "none" / "unconditional" (the null class
-    `var.num_classes`, unconditional sampling). Raises ValueError naming the known classes."""
-    num_classes = var.num_classes
-    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
-        value = value.item()
-    if isinstance(value, str):
-        text = value.strip()
-        names = class_names(var)
-        lowered = [n.lower() for n in names]
-        if text.lower() in lowered:
-            return lowered.index(text.lower())
-        if text.lower() in NULL_CLASS_WORDS:
-            return num_classes
-        digits = text[1:] if text[:1] in "+-" else text
-        if digits.isascii() and digits.isdigit():  # '²' and other Unicode digits are not ids
-            value = int(text)
-        else:
-            known = (f"the model's classes are {', '.join(repr(n) for n in names)}" if names else
-                     "this model has no class names")
-            why = " (class ids are written in the digits 0-9)" if digits.isdigit() or digits.isnumeric() else ""
-            raise ValueError(f"unknown class {value!r}{why}: {known}; or give a class id in [0, {num_classes - 1}], "
-                             f"or {num_classes} (or 'null') for unconditional")
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"a class is an id (int) or a class name (str), got {value!r}")
-    c = int(value)
-    if not 0 <= c <= num_classes:
-        raise ValueError(f"class id {c} is outside [0, {num_classes}] (0..{num_classes - 1} are classes, "
-                         f"{num_classes} is the null class for unconditional sampling)")
-    return c
-
-
-def parse_classes(values, var) -> list[int] | None:
-    """Classes as the command line, the web app and `sample(labels=...)` take them -> ids (None for None).
-
-    values: one class or a list of them, each an id or a name as `class_id` reads it; ids and names may
-    be mixed. A string that is not itself a class name may hold several, comma-separated ("Dress,3")."""
-    if values is None:
-        return None
-    if isinstance(values, (str, int, np.integer)) or (isinstance(values, torch.Tensor) and values.ndim == 0):
-        values = [values]
-    ids = []
-    for value in values:
-        if isinstance(value, str) and "," in value and value.strip().lower() not in \
-                [n.lower() for n in class_names(var)]:
-            ids.extend(class_id(part, var) for part in value.split(",") if part.strip())
-        else:
-            ids.append(class_id(value, var))
-    return ids
-
-
-def as_label_tensor(labels, var, device) -> torch.Tensor | None:
-    """labels (ids, names, mixed, or a tensor / array of ids) -> a LongTensor (B,) of checked ids."""
-    if labels is None:
-        return None
-    if isinstance(labels, torch.Tensor) or isinstance(labels, np.ndarray) and labels.dtype.kind in "iu":
-        t = torch.as_tensor(labels, device=device)
-        if t.is_floating_point() or t.is_complex():
-            raise ValueError(f"class ids must be integers, got a {t.dtype} tensor")
-        t = t.to(dtype=torch.long).flatten()
-    else:
-        t = torch.tensor(parse_classes(labels, var), dtype=torch.long, device=device)
-    validate_sampling_args(var.num_classes, t, 0.0, 0, 0.0)
-    return t
-
-
 _int8_copies: "weakref.WeakKeyDictionary[VAR, tuple]" = weakref.WeakKeyDictionary()
 
 
@@ -473,23 +326,6 @@ def _int8_copy(var: VAR) -> VAR:
         cached = (key, quantize_int8(var))
         _int8_copies[var] = cached
     return cached[1]
-
-
-def precision_context(precision: str, device: torch.device):
-    """Autocast for "bfloat16"/"float16"; nothing for "float32" and "int8"."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "int8" and device.type != "cpu":
-        raise ValueError("precision='int8' (dynamic int8 quantization) runs on CPU only; "
-                         "use 'bfloat16' or 'float16' on a GPU")
-    if precision in ("bfloat16", "float16"):
-        return torch.autocast(device.type, dtype=getattr(torch, precision))
-    return contextlib.nullcontext()
-
-
-def seeded_generators(seeds: Sequence[int], device: torch.device | str = "cpu") -> list[torch.Generator]:
-    """One generator per image: image i then samples exactly as it would alone with seed seeds[i]."""
-    return [make_generator(s, device) for s in seeds]
 
 
 def request_generator(seed: int | None, per_image_seeds: bool, generator: Generators, count: int | None,
@@ -560,7 +396,6 @@ def sample(var: VAR, labels=None, seed: int | None = None, cfg: float | None = N
     on_scale: called after each scale of each batch with the batch's token maps so far, as in
     `generate_tokens` (e.g. to show the images coarse to fine).
     """
-    from nextscale import rejection as rj
     device = var.pos_1LC.device
     settings = resolve_sampling(var, cfg, top_k, top_p)
     cfg, top_k, top_p = settings["cfg"], settings["top_k"], settings["top_p"]
@@ -570,50 +405,21 @@ def sample(var: VAR, labels=None, seed: int | None = None, cfg: float | None = N
         check_refiner(var, refiner, switch_at)
     gen_device = "cpu" if device.type == "cpu" else device
     labels_B = as_label_tensor(labels, var, device)
-    selection = scorer = None
-    if keep is not None and reject_with is None:
-        raise ValueError("keep is the fraction of candidates rejection sampling keeps: pass reject_with (a "
-                         "classifier) too, or leave keep out")
-    if reject_with is not None:
-        keep = rj.check_keep(0.5 if keep is None else keep)
-        if labels_B is None:
-            raise ValueError("rejection sampling keeps the candidates most likely to be their class: pass labels")
-        scorer = rj.class_scorer(reject_with, var, device)
-        wanted, candidate_labels = rj.candidate_plan(labels_B.tolist(), keep, var.num_classes)
-        selection = rj.Selection(wanted)
-        requested, labels_B = labels_B, torch.tensor(candidate_labels, dtype=torch.long, device=device)
+    requested, labels_B, selection, scorer = _rejection_plan(var, labels_B, reject_with, keep, device)
     count = len(labels_B) if labels_B is not None else (num_samples or 1)
     generator = request_generator(seed, per_image_seeds, generator, count, gen_device)
     per_image = isinstance(generator, (list, tuple))
     if labels_B is None:
-        n = len(generator) if per_image else (num_samples or 1)
-        uniform = torch.full((var.num_classes,), 1.0 / var.num_classes, device=device)
-        if per_image:
-            labels_B = torch.cat([torch.multinomial(uniform, 1, generator=g) for g in generator])
-        else:
-            labels_B = torch.multinomial(uniform, n, replacement=True, generator=generator).view(n)
+        labels_B = _uniform_labels(var.num_classes, generator, num_samples or 1, device)
     B = labels_B.shape[0]
-    if per_image and len(generator) != B:
-        what = ("candidates (rejection sampling)", "candidate") if selection is not None else ("images", "image")
-        raise ValueError(f"{len(generator)} generators for {B} {what[0]}: pass one generator per {what[1]}")
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    _check_batching(generator, B, batch_size, rejecting=selection is not None)
     vae = _tokenizer_of(var)
     vae.to(device)
     batch_size = batch_size or B
     starts = range(0, B, batch_size)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(starts) * len(var.patch_nums), desc="sampling", unit="scale")
+    report, bar = _scale_reporter(progress, len(starts) * len(var.patch_nums), on_scale)
     model = _int8_copy(var) if precision == "int8" else var
     refiner_model = _int8_copy(refiner) if precision == "int8" and refiner is not None else refiner
-
-    def report(si: int, tokens_so_far: list[torch.Tensor]) -> None:
-        if bar is not None:
-            bar.update(1)
-        if on_scale is not None:
-            on_scale(si, tokens_so_far)
 
     images, token_lists = [], []
     for i in starts:
@@ -635,3 +441,52 @@ def sample(var: VAR, labels=None, seed: int | None = None, cfg: float | None = N
         return SampleOutput(images=kept, tokens=tokens, labels=requested, scores=scores, candidates=candidates)
     tokens = [torch.cat([t[si] for t in token_lists]) for si in range(len(var.patch_nums))]
     return SampleOutput(images=torch.cat(images), tokens=tokens, labels=labels_B)
+
+
+def _rejection_plan(var: VAR, labels_B: torch.Tensor | None, reject_with, keep: float | None, device):
+    """(the requested labels, the candidates' labels, the Selection, the scorer) of rejection sampling; without
+    `reject_with`: (None, labels_B, None, None)."""
+    if keep is not None and reject_with is None:
+        raise ValueError("keep is the fraction of candidates rejection sampling keeps: pass reject_with (a "
+                         "classifier) too, or leave keep out")
+    if reject_with is None:
+        return None, labels_B, None, None
+    keep = rj.check_keep(0.5 if keep is None else keep)
+    if labels_B is None:
+        raise ValueError("rejection sampling keeps the candidates most likely to be their class: pass labels")
+    scorer = rj.class_scorer(reject_with, var, device)
+    wanted, candidate_labels = rj.candidate_plan(labels_B.tolist(), keep, var.num_classes)
+    candidates_B = torch.tensor(candidate_labels, dtype=torch.long, device=device)
+    return labels_B, candidates_B, rj.Selection(wanted), scorer
+
+
+def _uniform_labels(num_classes: int, generator: Generators, n: int, device) -> torch.Tensor:
+    """Labels drawn uniformly: one per generator of a list (image i from generator i), else `n` from the one."""
+    uniform = torch.full((num_classes,), 1.0 / num_classes, device=device)
+    if isinstance(generator, (list, tuple)):
+        return torch.cat([torch.multinomial(uniform, 1, generator=g) for g in generator])
+    return torch.multinomial(uniform, n, replacement=True, generator=generator).view(n)
+
+
+def _check_batching(generator: Generators, B: int, batch_size: int | None, rejecting: bool) -> None:
+    if isinstance(generator, (list, tuple)) and len(generator) != B:
+        what = ("candidates (rejection sampling)", "candidate") if rejecting else ("images", "image")
+        raise ValueError(f"{len(generator)} generators for {B} {what[0]}: pass one generator per {what[1]}")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+
+
+def _scale_reporter(progress: bool, total: int, on_scale):
+    """(report(si, tokens_so_far) for generate_tokens, the progress bar or None): report moves the bar and calls
+    the caller's `on_scale`."""
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=total, desc="sampling", unit="scale")
+
+    def report(si: int, tokens_so_far: list[torch.Tensor]) -> None:
+        if bar is not None:
+            bar.update(1)
+        if on_scale is not None:
+            on_scale(si, tokens_so_far)
+    return report, bar

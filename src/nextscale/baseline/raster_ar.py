@@ -14,10 +14,14 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from pathlib import Path
+
 import torch
 import torch.nn as nn
 
+from nextscale.model_folder import save_pretrained
 from nextscale.config_schema import AT_LEAST_1, BELOW_ONE, FRACTION, POSITIVE, ConfigDict
+from nextscale.transformer.logits import filter_logits
 from nextscale.transformer.var import AdaLNBeforeHead, AdaLNBlock, KVCache
 
 
@@ -62,6 +66,8 @@ class RasterAR(nn.Module):
 
     def __init__(self, config: RasterARConfig | None = None, **overrides):
         super().__init__()
+        # What config.json holds beside the architecture: class_names, sampling (cfg, top_k, top_p), trained_steps.
+        self.extra_config: dict = {}
         config = dataclasses.replace(config or RasterARConfig(), **overrides)
         self.config = config
         C, L = config.embed_dim, config.seq_len
@@ -95,32 +101,10 @@ class RasterAR(nn.Module):
                              f"(vocabulary {self.config.vocab_size}, {self.seq_len} tokens)")
         self._tokenizer = [vae]
 
-    def save_pretrained(self, folder) -> None:
+    def save_pretrained(self, folder) -> Path:
         """Write `config.json` (model_type raster_ar) + `model.safetensors` (+ the tokenizer in `tokenizer/`)."""
-        from nextscale.checkpoints import save_pretrained
-        save_pretrained(self, folder)
+        return save_pretrained(self, folder)
 
-    @classmethod
-    def from_pretrained(cls, folder, vae=None) -> "RasterAR":
-        """Load a folder written by `save_pretrained` / `nextscale export`; attaches its tokenizer."""
-        from pathlib import Path
-
-        from nextscale.checkpoints import CONFIG_NAME, TOKENIZER_SUBDIR, CheckpointError, _read_folder, load_vae
-        folder = Path(folder)
-        if not (folder / CONFIG_NAME).is_file() and (folder / "model" / CONFIG_NAME).is_file():
-            folder = folder / "model"  # a training run folder stands for its model/, as for load_var
-        meta, sd = _read_folder(folder, cls.model_type)
-        model = cls(RasterARConfig.from_dict(meta["config"]))
-        try:
-            model.load_state_dict(sd, strict=True)
-        except RuntimeError as e:
-            raise CheckpointError(f"{folder} does not fit the raster-AR config it holds: {e}") from None
-        model.extra_config = {k: v for k, v in meta.items() if k not in ("model_type", "config")}
-        if vae is None and (folder / TOKENIZER_SUBDIR).is_dir():
-            vae = load_vae(folder / TOKENIZER_SUBDIR)
-        if vae is not None:
-            model.attach_tokenizer(vae)
-        return model.eval()
 
     def _cond_and_mods(self, label_B: torch.Tensor):
         cond_BD = self.class_emb(label_B)
@@ -145,7 +129,6 @@ class RasterAR(nn.Module):
     def generate(self, label_B: torch.Tensor, generator: torch.Generator | None = None, cfg: float = 1.5,
                  top_k: int = 0, top_p: float = 0.0) -> torch.Tensor:
         """Sample (B, L) tokens one at a time with a KV cache and classifier-free guidance (constant cfg)."""
-        from nextscale.sampling import filter_logits
         B = label_B.shape[0]
         cfgc = self.config
         labels_2B = torch.cat((label_B, torch.full_like(label_B, self.num_classes)))

@@ -23,7 +23,7 @@ class UserError(Exception):
 def error_types() -> tuple[type[BaseException], ...]:
     """Exceptions whose message is meant for the user (bad arguments, files, checkpoints; OSError: a path that is a
     file where a folder goes, no permission, a full disk)."""
-    from nextscale.checkpoints import CheckpointError
+    from nextscale.model_folder import CheckpointError
     from nextscale.images import ImageReadError
     return (CheckpointError, ImageReadError, ValueError, OSError)
 
@@ -119,7 +119,7 @@ def check_number(option: str, value, low=None, high=None, *, integer: bool = Fal
 
 def check_seed(option: str, seed: int, count: int = 1) -> int:
     """`seed` when it and seed + count - 1 (image i uses seed + i) are seeds torch and the web app take."""
-    from nextscale.sampling import check_seed as check
+    from nextscale.inference_options import check_seed as check
     try:
         return check(seed, count, option)
     except ValueError as e:
@@ -149,7 +149,7 @@ def add_max_pixels_arg(group) -> None:
 
 def parse_class_option(values, var, option: str = "--class") -> list[int] | None:
     """--class values -> class ids; an unknown class is a UserError naming the option."""
-    from nextscale.sampling import parse_classes
+    from nextscale.inference_options import parse_classes
     try:
         return parse_classes(values, var)
     except ValueError as e:
@@ -374,14 +374,14 @@ class Outputs:
 def load_model(args) -> "torch.nn.Module":
     """The transformer (with its tokenizer attached) that the model options name."""
     import nextscale
-    from nextscale.pretrained import PRETRAINED
+    from nextscale.registry import shipped
     patch_nums = getattr(args, "patch_nums", None)
     if args.transformer:
         vae = nextscale.load_vae(args.tokenizer, patch_nums=patch_nums) if args.tokenizer else None
         var = nextscale.load_var(args.transformer, vae=vae, patch_nums=patch_nums)
     else:
         name = args.model or "fashion-mnist"
-        if name in PRETRAINED and not Path(name).exists():
+        if name in shipped() and not Path(name).exists():
             var = nextscale.load_pretrained(name)
         else:
             var = nextscale.load_var(name, patch_nums=patch_nums)

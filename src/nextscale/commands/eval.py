@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from nextscale.commands.common import Outputs, UserError, check_number
-from nextscale.sampling import MAX_SEED
+from nextscale.inference_options import MAX_SEED
 
 MAX_THREADS = 1024
 MAX_BATCH = 100_000

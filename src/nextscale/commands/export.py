@@ -24,7 +24,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from nextscale.checkpoints import CONFIG_NAME, TOKENIZER_SUBDIR, WEIGHTS_NAME, save_pretrained
+    from nextscale.model_folder import CONFIG_NAME, TOKENIZER_SUBDIR, WEIGHTS_NAME
+    from nextscale.checkpoints import save_pretrained
     from nextscale.commands.common import Outputs
     from nextscale.training.var_trainer import checkpoint_to_model
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from nextscale.commands.common import (Outputs, UserError, add_device_args, add_model_args, check_number, check_seed,
                                        load_model, parse_class_option, resolve_device)
-from nextscale.sampling import class_names, resolve_sampling
+from nextscale.inference_options import class_names, resolve_sampling
 
 # The sampling defaults and the class parser live in the library, shared with Python and the web app.
 
@@ -58,7 +58,7 @@ def guidance_setting(args, var) -> str:
 
 def sampling_settings(args, var) -> dict:
     """cfg/top-k/top-p: the command line, else the model's recommendation, else the published FID ones."""
-    from nextscale.sampling import MAX_CFG
+    from nextscale.model_folder import MAX_CFG
     check_number("--cfg", args.cfg, 0, MAX_CFG)
     check_number("--top-k", args.top_k, 0, integer=True)
     check_number("--top-p", args.top_p, 0, 1)
@@ -223,11 +223,11 @@ def load_refiner(args, var, device):
     if args.refiner is None:
         return None
     import nextscale
-    from nextscale.pretrained import PRETRAINED
+    from nextscale.registry import shipped
     from nextscale.sampling import check_refiner
     check_number("--switch-at", args.switch_at, 1, len(var.patch_nums) - 1, integer=True)
     name = args.refiner
-    if name in PRETRAINED and not Path(name).exists():
+    if name in shipped() and not Path(name).exists():
         refiner = nextscale.load_pretrained(name)
     elif Path(name).is_dir():
         refiner = nextscale.load_var(name)  # its own tokenizer/, compared with the model's below
@@ -260,17 +260,7 @@ def run(args) -> int:
     import nextscale
     from nextscale.images import make_grid, save_png, to_uint8_hwc
 
-    check_number("--num-per-class", args.num_per_class, 1, MAX_IMAGES, integer=True)
-    check_number("--num-images", args.num_images, 1, MAX_IMAGES, integer=True)
-    check_number("--batch-size", args.batch_size, 1, MAX_BATCH, integer=True)
-    if args.num_images is not None and (args.classes or args.num_per_class is not None):
-        raise UserError("--num-images draws classes at random: do not combine it with --class or --num-per-class")
-    if args.no_grid and args.no_images and not args.npz:
-        raise UserError("--no-grid and --no-images without --npz leave nothing to write: drop one of them or add "
-                        "--npz")
-    if args.npz and not args.npz.endswith(".npz"):
-        args.npz += ".npz"
-    option_pairs(args)
+    _check_options(args)
     device = resolve_device(args.device)
     if args.dtype == "float16" and device.type == "cpu":
         raise UserError("--precision float16 needs a GPU; on CPU use float32 (exact), bfloat16 or int8")
@@ -281,37 +271,12 @@ def run(args) -> int:
     labels, count = _count(args, classes, var)
     refiner = load_refiner(args, var, device)
     scorer, keep = load_rejection(args, var, device)
-    wanted, candidates = None, count
-    if scorer is not None:
-        from nextscale.rejection import candidate_plan
-        try:
-            wanted, candidate_labels = candidate_plan(labels, keep, var.num_classes)
-        except ValueError as e:
-            raise UserError(f"--reject-with: {e}") from None
-        candidates = len(candidate_labels)
-        if candidates > MAX_IMAGES:
-            raise UserError(f"--keep {keep:g} draws {candidates} candidates, more than the {MAX_IMAGES} one command "
-                            f"makes: keep a larger fraction, or ask for fewer images")
+    wanted, candidates = _rejection_candidates(labels, keep, var, count) if scorer is not None else (None, count)
     check_seed("--seed", args.seed, candidates)
 
-    # Every output checked (and its folder created and probed) before the first image is computed.
-    vae = var.tokenizer
-    height = width = vae.resolution
-    image_bytes = height * width * 3
-    ncols = min(args.num_per_class or 8, count)  # one row per class
-    grid_count = count
-    if count * (height + 2) * (width + 2) > GRID_MAX_PIXELS:
-        grid_count = max(ncols, GRID_MAX_PIXELS // ((height + 2) * (width + 2)) // ncols * ncols)
+    height = width = var.tokenizer.resolution
     out = Path(args.out)
-    outputs = Outputs(overwrite=args.overwrite)
-    where = f"--out {args.out}"
-    if not args.no_grid:
-        outputs.file(out / "grid.png", grid_count * (height + 2) * (width + 2) * 3, where)
-    if args.npz:
-        outputs.file(out / args.npz, count * (image_bytes + 8) + 4096, where)
-    if not args.no_images:
-        outputs.folder(out / "images", count * (image_bytes + 200), where, own=_sample_wrote)
-    outputs.check()
+    outputs, grid_count, ncols = _checked_outputs(args, out, count, height, width)
 
     names = class_names(var)
     batch = args.batch_size
@@ -389,3 +354,52 @@ def run(args) -> int:
     print(f"{count} images ({width}x{height}, cfg {settings['cfg']}, "
           f"top-k {settings['top_k']}, top-p {settings['top_p']}, seed {args.seed}{extra}) -> " + ", ".join(written))
     return 0
+
+
+def _check_options(args) -> None:
+    """The options' values and combinations, before the model is loaded."""
+    check_number("--num-per-class", args.num_per_class, 1, MAX_IMAGES, integer=True)
+    check_number("--num-images", args.num_images, 1, MAX_IMAGES, integer=True)
+    check_number("--batch-size", args.batch_size, 1, MAX_BATCH, integer=True)
+    if args.num_images is not None and (args.classes or args.num_per_class is not None):
+        raise UserError("--num-images draws classes at random: do not combine it with --class or --num-per-class")
+    if args.no_grid and args.no_images and not args.npz:
+        raise UserError("--no-grid and --no-images without --npz leave nothing to write: drop one of them or add "
+                        "--npz")
+    if args.npz and not args.npz.endswith(".npz"):
+        args.npz += ".npz"
+    option_pairs(args)
+
+
+def _rejection_candidates(labels, keep: float, var, count: int) -> tuple[dict, int]:
+    """(images wanted per class, the number of candidates) of --reject-with, checked against the limits."""
+    from nextscale.rejection import candidate_plan
+    try:
+        wanted, candidate_labels = candidate_plan(labels, keep, var.num_classes)
+    except ValueError as e:
+        raise UserError(f"--reject-with: {e}") from None
+    candidates = len(candidate_labels)
+    if candidates > MAX_IMAGES:
+        raise UserError(f"--keep {keep:g} draws {candidates} candidates, more than the {MAX_IMAGES} one command "
+                        f"makes: keep a larger fraction, or ask for fewer images")
+    return wanted, candidates
+
+
+def _checked_outputs(args, out: Path, count: int, height: int, width: int) -> tuple[Outputs, int, int]:
+    """(the outputs, checked and their folder probed before the first image is computed; the number of images
+    the grid shows; its columns)."""
+    image_bytes = height * width * 3
+    ncols = min(args.num_per_class or 8, count)  # one row per class
+    grid_count = count
+    if count * (height + 2) * (width + 2) > GRID_MAX_PIXELS:
+        grid_count = max(ncols, GRID_MAX_PIXELS // ((height + 2) * (width + 2)) // ncols * ncols)
+    outputs = Outputs(overwrite=args.overwrite)
+    where = f"--out {args.out}"
+    if not args.no_grid:
+        outputs.file(out / "grid.png", grid_count * (height + 2) * (width + 2) * 3, where)
+    if args.npz:
+        outputs.file(out / args.npz, count * (image_bytes + 8) + 4096, where)
+    if not args.no_images:
+        outputs.folder(out / "images", count * (image_bytes + 200), where, own=_sample_wrote)
+    outputs.check()
+    return outputs, grid_count, ncols

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from nextscale.commands.common import int_list
+from nextscale.evaluation.classifier import ClassifierConfig
+from nextscale.evaluation.train_classifier import FOLDER_IMAGES_SEEN
+
 EPILOG = """\
 examples:
   nextscale train-classifier --data data/my_images --resolution 64 --out runs/classifier_own
@@ -20,8 +24,52 @@ the shipped Fashion-MNIST weights were trained with:
 """
 
 
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    data = p.add_argument_group("data")
+    data.add_argument("--data", default=None, metavar="FOLDER",
+                      help="labelled image folder: one subfolder per class (class names = subfolder names, ids = "
+                           "their sorted order), as for the transformer (default: the Fashion-MNIST preset)")
+    data.add_argument("--eval-data", default=None, metavar="FOLDER",
+                      help="held-out image folder with the same class subfolders (default: hold out --holdout of "
+                           "each class of --data)")
+    data.add_argument("--holdout", type=float, default=0.1,
+                      help="fraction of each class of --data held out when --eval-data is not given (default 0.1)")
+    data.add_argument("--holdout-seed", type=int, default=0,
+                      help="seed of the held-out choice: which images are held out (default 0)")
+    data.add_argument("--resolution", type=int, default=32,
+                      help="image size: shorter side resized, then center-cropped, as the transformer's data; use "
+                           "your model's resolution (default 32; Fashion-MNIST is 32)")
+    data.add_argument("--channels", type=int, default=None, choices=[1, 3],
+                      help="image channels: 3 (RGB) or 1 (gray) (default 3 for --data; Fashion-MNIST is 1)")
+    data.add_argument("--data-dir", default=None,
+                      help="folder of the Fashion-MNIST files, for the preset "
+                           "(default /usr/share/datasets/fashion-mnist)")
+    model = p.add_argument_group("model and training")
+    model.add_argument("--out", default=None,
+                       help="folder for config.json, model.safetensors and train_log.json (default "
+                            "fashion_mnist_classifier, or classifier_<folder name> with --data)")
+    model.add_argument("--epochs", type=int, default=None,
+                       help="passes over the training images (default 8 for Fashion-MNIST; for --data enough for "
+                            f"about {FOLDER_IMAGES_SEEN} images seen, at least 8)")
+    model.add_argument("--augment", default="flip", choices=["none", "flip", "flip-shift"],
+                       help="training augmentation: random horizontal flips, and shifts of up to 2 pixels "
+                            "(default flip)")
+    model.add_argument("--widths", type=int_list, default=ClassifierConfig.channels,
+                       help="channels of the conv stages, comma-separated; each halves the resolution, which must "
+                            "be divisible by 2^stages (default 16,32,64)")
+    model.add_argument("--dropout", type=float, default=0.2, help="dropout before the last layer (default 0.2)")
+    model.add_argument("--batch-size", type=int, default=128, help="images per optimisation step (default 128)")
+    model.add_argument("--lr", type=float, default=3e-3,
+                       help="peak learning rate of the one-cycle schedule (default 3e-3)")
+    model.add_argument("--weight-decay", type=float, default=5e-4, help="AdamW weight decay (default 5e-4)")
+    model.add_argument("--seed", type=int, default=0,
+                       help="seed of initialisation, shuffling, augmentation (default 0)")
+    model.add_argument("--threads", type=int, default=0,
+                       help="CPU threads for torch (default 0: torch's default; 1 is fastest on a busy machine)")
+    model.add_argument("--device", default="cpu", help="torch device (default cpu)")
+
+
 def add_parser(subparsers) -> None:
-    from nextscale.evaluation.train_classifier import add_arguments
     p = subparsers.add_parser(
         "train-classifier", help="train the classifier used by `nextscale eval` (Fashion-MNIST or your image folder)",
         description="Train the small CNN whose predictions and 128-d features `nextscale eval --classifier` uses "
@@ -39,7 +87,7 @@ def run(args) -> int:
 
     from nextscale.commands.common import Outputs, check_number
     from nextscale.evaluation.train_classifier import train
-    from nextscale.sampling import MAX_SEED
+    from nextscale.inference_options import MAX_SEED
 
     # Numbers the training would take badly, refused before the images are read: a NaN or negative learning rate
     # trains nothing (or fails in the optimizer), dropout 1.5 fails when the model is built, a seed torch cannot

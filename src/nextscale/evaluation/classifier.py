@@ -139,7 +139,7 @@ class ImageClassifier(nn.Module):
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
         from safetensors.torch import save_file
 
-        from nextscale.checkpoints import CONFIG_NAME, WEIGHTS_NAME
+        from nextscale.model_folder import CONFIG_NAME, WEIGHTS_NAME
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
@@ -172,7 +172,7 @@ def check_classifier_config(meta, config_path: str | os.PathLike) -> ClassifierC
     ignored. CheckpointError names the file and the field otherwise."""
     import typing
 
-    from nextscale.checkpoints import CheckpointError
+    from nextscale.model_folder import CheckpointError
     from nextscale.config_schema import AT_LEAST_1, BELOW_ONE, POSITIVE, ConfigError, Range, coerce
     where = str(config_path)
 
@@ -256,7 +256,7 @@ def _data_problems(data: dict) -> list[str]:
 def _check_weights_fit(model: ImageClassifier, state: dict[str, torch.Tensor], weights_file: Path,
                        config_file: Path) -> None:
     """CheckpointError (one line, both files named) when the tensors of `state` are not those of `model`."""
-    from nextscale.checkpoints import CheckpointError
+    from nextscale.model_folder import CheckpointError
     own = model.state_dict()
     problems = [f"it lacks {k}" for k in own if k not in state]
     problems += [f"{k} is unexpected" for k in state if k not in own]
@@ -275,7 +275,7 @@ def load_classifier(path: str | os.PathLike | None = None, device: torch.device 
     config.json is checked first (check_classifier_config), then the weights are read and their names and shapes
     compared with the model's, built on the meta device, before any memory is given to it: a bad file is one
     CheckpointError naming it."""
-    from nextscale.checkpoints import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, read_state_dict
+    from nextscale.model_folder import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, read_state_dict
     folder = Path(path) if path is not None else shipped_classifier_path()
     config_file, weights_file = folder / CONFIG_NAME, folder / WEIGHTS_NAME
     if not config_file.is_file() or not weights_file.is_file():

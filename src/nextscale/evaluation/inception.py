@@ -205,7 +205,7 @@ def load_inception(path: str | os.PathLike, device: torch.device | str | None = 
     if not path.is_file():
         raise FileNotFoundError(f"Inception weights file not found: {path} (the standard FID weights are "
                                 f"pytorch-fid's {INCEPTION_WEIGHTS_NAME})")
-    from nextscale.checkpoints import CheckpointError, read_state_dict
+    from nextscale.model_folder import CheckpointError, read_state_dict
     try:
         state = read_state_dict(path)
     except CheckpointError as e:  # a truncated or foreign file: say which file, not a pickle traceback

@@ -13,8 +13,9 @@ import torch
 import nextscale
 from nextscale.editing import inpaint_keep_mask, outpaint_keep_mask, shade_regenerated
 from nextscale.images import DEFAULT_MAX_PIXELS, make_grid, pil_to_tensor, to_model_input, to_uint8_hwc
-from nextscale.sampling import (MAX_CFG, MAX_SEED, class_id, class_names, guidance_choices, parse_guidance,
-                                precision_context, recommended_sampling)
+from nextscale.inference_options import MAX_SEED, class_id, class_names, precision_context, recommended_sampling
+from nextscale.model_folder import MAX_CFG
+from nextscale.sampling import guidance_choices, parse_guidance
 from nextscale.serve.inputs import (RequestError, decode_data_url, decode_image, get_bool, get_box, get_choice,
                                     get_float, get_int, png_data_url, shown)
 from nextscale.serve.jobs import Job

@@ -8,9 +8,12 @@ import json
 from dataclasses import dataclass
 from typing import Sequence
 
+from pathlib import Path
+
 import torch
 import torch.nn as nn
 
+from nextscale.model_folder import save_pretrained
 from nextscale.config_schema import AT_LEAST_1, BELOW_ONE, FRACTION, NON_NEGATIVE, ConfigDict, Range
 from nextscale.tokenizer.autoencoder import Decoder, Encoder
 from nextscale.tokenizer.quantizer import MultiScaleQuantizer
@@ -67,6 +70,8 @@ class VQVAE(nn.Module):
 
     def __init__(self, config: VQVAEConfig | None = None, **overrides):
         super().__init__()
+        # What config.json holds beside the architecture: class_names, sampling (cfg, top_k, top_p), trained_steps.
+        self.extra_config: dict = {}
         config = dataclasses.replace(config or VQVAEConfig(), **overrides)
         self.config = config
         self.encoder = Encoder(config.ch, config.ch_mult, config.num_res_blocks, config.z_channels,
@@ -104,18 +109,11 @@ class VQVAE(nn.Module):
         self.config = dataclasses.replace(self.config, patch_nums=patch_nums)
         self.quantize.patch_nums = patch_nums
 
-    def save_pretrained(self, folder) -> None:
+    def save_pretrained(self, folder) -> Path:
         """Write this model as `config.json` + `model.safetensors` in `folder`."""
-        from nextscale.checkpoints import save_pretrained
-        save_pretrained(self, folder)
+        return save_pretrained(self, folder)
 
-    @classmethod
-    def from_pretrained(cls, folder_or_repo, **overrides) -> "VQVAE":
-        """Load a model saved with `save_pretrained` (a local folder or a Hugging Face Hub repo id)."""
-        from nextscale.checkpoints import load_vae
-        return load_vae(folder_or_repo, **overrides)
 
-    # ------------------------------------------------------------------ operations
     def encode_latent(self, img_BChw: torch.Tensor) -> torch.Tensor:
         """Image in [-1, 1] -> continuous latent f = quant_conv(encoder(img))."""
         expected = self.resolution

@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nextscale.checkpoints import read_state_dict
+from nextscale.model_folder import read_state_dict
 
 # VGG16 convolutions (out channels) per block; features are taken after the last ReLU of each block.
 VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))

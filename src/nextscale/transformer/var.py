@@ -10,10 +10,13 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+from pathlib import Path
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nextscale.model_folder import save_pretrained
 from nextscale.config_schema import AT_LEAST_1, BELOW_ONE, FRACTION, POSITIVE, ConfigDict, Range
 PATCH_NUMS_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 
@@ -224,6 +227,8 @@ class VAR(nn.Module):
 
     def __init__(self, config: VARConfig | None = None, **overrides):
         super().__init__()
+        # What config.json holds beside the architecture: class_names, sampling (cfg, top_k, top_p), trained_steps.
+        self.extra_config: dict = {}
         config = dataclasses.replace(config or VARConfig(), **overrides)
         self.config = config
         C, L = config.embed_dim, config.seq_len
@@ -273,18 +278,11 @@ class VAR(nn.Module):
             vae.set_patch_nums(self.patch_nums)
         self._tokenizer = [vae]
 
-    def save_pretrained(self, folder) -> None:
+    def save_pretrained(self, folder) -> Path:
         """Write this model as `config.json` + `model.safetensors` in `folder`."""
-        from nextscale.checkpoints import save_pretrained
-        save_pretrained(self, folder)
+        return save_pretrained(self, folder)
 
-    @classmethod
-    def from_pretrained(cls, folder_or_repo, **overrides) -> "VAR":
-        """Load a model saved with `save_pretrained` (a local folder or a Hugging Face Hub repo id)."""
-        from nextscale.checkpoints import load_var
-        return load_var(folder_or_repo, **overrides)
 
-    # ------------------------------------------------------------------ shared pieces
     def block_modulations(self, cond_BD: torch.Tensor) -> list[torch.Tensor]:
         """AdaLN parameters of every block; depend only on the class, so sampling computes them once."""
         shared = None
