@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import nextscale
-from nextscale.model_folder import CheckpointError
 from nextscale.checkpoints import _architectures, _load_strict, infer_vae_config, infer_var_config
+from nextscale.model_folder import CheckpointError
 from nextscale.tokenizer import VQVAE
 from nextscale.transformer import VAR
 

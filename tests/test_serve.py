@@ -276,7 +276,7 @@ def test_time_limit_stops_a_job_between_scales(runner):
 
 def test_shipped_test_images_are_fashion_mnist_test_images():
     from nextscale.data.fashion_mnist import DatasetMissingError, load_fashion_mnist
-    from nextscale.serve.test_images import load_test_images
+    from nextscale.serve.example_images import load_test_images
     images, labels, indices = load_test_images()
     assert images.shape == (20, 32, 32) and labels == [c for c in range(10) for _ in range(2)]
     try:

@@ -19,11 +19,11 @@ import torch
 from PIL import Image, ImageDraw
 
 import nextscale
-from nextscale.model_folder import CheckpointError
 from nextscale.data.fashion_mnist import DatasetMissingError, load_fashion_mnist
 from nextscale.editing import inpaint_keep_mask, outpaint_keep_mask, shade_regenerated
 from nextscale.images import to_model_input, to_uint8_hwc
 from nextscale.inference_options import seeded_generators
+from nextscale.model_folder import CheckpointError
 
 ZOOM = 3  # 32px images are shown 3x larger, nearest-neighbour
 

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from nextscale.images import load_images, to_model_input
-from nextscale.inference_options import as_label_tensor, resolve_sampling
-from nextscale.sampling import (Generators, GuidanceSchedule, SampleOutput, _tokenizer_of, generate_tokens,
+from nextscale.inference_options import as_label_tensor, precision_context, resolve_sampling
+from nextscale.sampling import (Generators, GuidanceSchedule, SampleOutput, _int8_copy, _tokenizer_of, generate_tokens,
                                 parse_guidance, request_generator)
 from nextscale.transformer.var import VAR
 
@@ -73,7 +73,7 @@ def shade_regenerated(image_13HW: torch.Tensor, keep: torch.Tensor) -> torch.Ten
 def edit(var: VAR, image, keep_mask: torch.Tensor, labels=None, seed: int | None = None, cfg: float | None = None,
          top_k: int | None = None, top_p: float | None = None, more_smooth: bool = False,
          generator: Generators = None, on_scale=None, per_image_seeds: bool = False,
-         guidance: GuidanceSchedule | str = "linear") -> SampleOutput:
+         guidance: GuidanceSchedule | str = "linear", precision: str = "float32") -> SampleOutput:
     """Regenerate the parts of `image` where `keep_mask` is 0, conditioned on the kept parts.
 
     image: a tensor (B, C, H, W) in [0, 1], a PIL image, a path, or a list of those; any size and mode
@@ -93,10 +93,14 @@ def edit(var: VAR, image, keep_mask: torch.Tensor, labels=None, seed: int | None
     on_scale: called after each scale, as in `generate_tokens`.
     guidance: the guidance schedule, as in `sample` ("linear", the paper's ramp, by default; "constant";
     "truncated:N").
+    precision: as in `sample` ("float32", exact, by default; "bfloat16"/"float16": the transformer and the decoder
+    under autocast; "int8": the transformer blocks' linear layers quantized, CPU only). The known tokens are
+    always encoded in float32.
     """
     vae = _tokenizer_of(var)
     device = var.pos_1LC.device
     settings = resolve_sampling(var, cfg, top_k, top_p)
+    low_precision = precision_context(precision, device)
     guidance = parse_guidance(guidance, len(var.patch_nums))
     img_B3HW = to_model_input(load_images(image), vae.resolution, vae.config.image_channels).to(device)
     B = img_B3HW.shape[0]
@@ -120,6 +124,10 @@ def edit(var: VAR, image, keep_mask: torch.Tensor, labels=None, seed: int | None
     generator = request_generator(seed, per_image_seeds, generator, B, "cpu" if device.type == "cpu" else device)
     if isinstance(generator, (list, tuple)) and len(generator) != B:
         raise ValueError(f"{len(generator)} generators for {B} images: pass one generator per image")
-    tokens, f_hat = generate_tokens(var, labels_B, generator, settings["cfg"], settings["top_k"], settings["top_p"],
-                                    more_smooth, forced=forced, on_scale=on_scale, guidance=guidance)
-    return SampleOutput(images=vae.decode_fhat(f_hat).add(1).mul(0.5), tokens=tokens, labels=labels_B)
+    model = _int8_copy(var) if precision == "int8" else var
+    with low_precision:
+        tokens, f_hat = generate_tokens(model, labels_B, generator, settings["cfg"], settings["top_k"],
+                                        settings["top_p"], more_smooth, forced=forced, on_scale=on_scale,
+                                        guidance=guidance)
+        images = vae.decode_fhat(f_hat).float().add(1).mul(0.5)
+    return SampleOutput(images=images, tokens=tokens, labels=labels_B)

@@ -26,7 +26,8 @@ import torch
 import torch.nn as nn
 
 from nextscale import rejection as rj
-from nextscale.inference_options import (as_label_tensor, check_seed, make_generator, precision_context, resolve_sampling, seeded_generators)
+from nextscale.inference_options import (as_label_tensor, check_seed, make_generator, precision_context,
+                                         resolve_sampling, seeded_generators)
 from nextscale.transformer.logits import filter_logits
 from nextscale.transformer.var import VAR
 

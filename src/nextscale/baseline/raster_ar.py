@@ -13,14 +13,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from nextscale.model_folder import save_pretrained
 from nextscale.config_schema import AT_LEAST_1, BELOW_ONE, FRACTION, POSITIVE, ConfigDict
+from nextscale.model_folder import save_pretrained
 from nextscale.transformer.logits import filter_logits
 from nextscale.transformer.var import AdaLNBeforeHead, AdaLNBlock, KVCache
 
@@ -106,19 +105,19 @@ class RasterAR(nn.Module):
         return save_pretrained(self, folder)
 
 
-    def _cond_and_mods(self, label_B: torch.Tensor):
-        cond_BD = self.class_emb(label_B)
+    def _cond_and_mods(self, labels_B: torch.Tensor):
+        cond_BD = self.class_emb(labels_B)
         return cond_BD, [block.modulation(cond_BD, None) for block in self.blocks]
 
-    def forward(self, label_B: torch.Tensor, tokens_BL: torch.Tensor) -> torch.Tensor:
+    def forward(self, labels_B: torch.Tensor, tokens_BL: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: labels (B,), the whole sequence (B, L) -> logits (B, L, V) for every position."""
         B, L = tokens_BL.shape
         if L != self.seq_len:
             raise ValueError(f"expected token sequences of length {self.seq_len}, got {L}")
         if self.training and self.class_drop_prob > 0:
-            drop = torch.rand(B, device=label_B.device) < self.class_drop_prob
-            label_B = torch.where(drop, self.num_classes, label_B)
-        cond_BD, mods = self._cond_and_mods(label_B)
+            drop = torch.rand(B, device=labels_B.device) < self.class_drop_prob
+            labels_B = torch.where(drop, self.num_classes, labels_B)
+        cond_BD, mods = self._cond_and_mods(labels_B)
         x_BLC = torch.cat((cond_BD.unsqueeze(1) + self.pos_start, self.token_embed(tokens_BL[:, :-1])), dim=1)
         x_BLC = x_BLC + self.pos_1LC
         for block, mod in zip(self.blocks, mods):
@@ -126,17 +125,17 @@ class RasterAR(nn.Module):
         return self.head(self.head_nm(x_BLC.float(), cond_BD.float())).float()
 
     @torch.no_grad()
-    def generate(self, label_B: torch.Tensor, generator: torch.Generator | None = None, cfg: float = 1.5,
+    def generate(self, labels_B: torch.Tensor, generator: torch.Generator | None = None, cfg: float = 1.5,
                  top_k: int = 0, top_p: float = 0.0) -> torch.Tensor:
         """Sample (B, L) tokens one at a time with a KV cache and classifier-free guidance (constant cfg)."""
-        B = label_B.shape[0]
-        cfgc = self.config
-        labels_2B = torch.cat((label_B, torch.full_like(label_B, self.num_classes)))
+        B = labels_B.shape[0]
+        config = self.config
+        labels_2B = torch.cat((labels_B, torch.full_like(labels_B, self.num_classes)))
         cond_2BD, mods = self._cond_and_mods(labels_2B)
-        cache = KVCache(cfgc.depth, 2 * B, cfgc.num_heads, self.seq_len, cfgc.embed_dim // cfgc.num_heads,
+        cache = KVCache(config.depth, 2 * B, config.num_heads, self.seq_len, config.embed_dim // config.num_heads,
                         self.pos_1LC.device, self.pos_1LC.dtype)
         x_2B1C = cond_2BD.unsqueeze(1) + self.pos_start + self.pos_1LC[:, :1]
-        out = torch.empty(B, self.seq_len, dtype=torch.long, device=label_B.device)
+        out = torch.empty(B, self.seq_len, dtype=torch.long, device=labels_B.device)
         for i in range(self.seq_len):
             for block, mod in zip(self.blocks, mods):
                 x_2B1C = block(x_2B1C, mod, None, cache)

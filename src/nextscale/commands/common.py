@@ -49,7 +49,7 @@ def add_device_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("device")
     group.add_argument("--device", default=None,
                        help="torch device: cuda when available, else cpu (default: automatic)")
-    group.add_argument("--precision", "--dtype", dest="dtype", default="float32",
+    group.add_argument("--precision", "--dtype", dest="precision", default="float32",
                        choices=["float32", "bfloat16", "float16", "int8"],
                        help="float32: exact (the default). Faster and not exact (`make bench` measures by how much): "
                             "bfloat16 autocast (a GPU, or a CPU with bf16 matrix units such as AMX: about 2.5x on var-d16 here), "
@@ -82,16 +82,16 @@ def resolve_device(name: str | None) -> torch.device:
     return device
 
 
-def autocast_context(device: torch.device, dtype: str):
+def autocast_context(device: torch.device, precision: str):
     """float32: no autocast. bfloat16/float16: autocast (float16 on a GPU only)."""
     import contextlib
-    if dtype == "float32":
+    if precision == "float32":
         return contextlib.nullcontext()
-    if dtype == "int8":
+    if precision == "int8":
         raise UserError("--precision int8 is for `nextscale sample`; here use float32 or bfloat16")
-    if device.type == "cpu" and dtype == "float16":
+    if device.type == "cpu" and precision == "float16":
         raise UserError("--precision float16 needs a GPU; on CPU use float32 (or bfloat16)")
-    return torch.autocast(device.type, dtype=getattr(torch, dtype))
+    return torch.autocast(device.type, dtype=getattr(torch, precision))
 
 
 def check_number(option: str, value, low=None, high=None, *, integer: bool = False, low_open: bool = False,

@@ -80,7 +80,7 @@ def run(args) -> int:
 
     check_number("--num", args.num, 1, MAX_VARIATIONS, integer=True)
     device = resolve_device(args.device)
-    autocast_context(device, args.dtype)  # refuses int8 (and float16 on a CPU) before the model is loaded
+    autocast_context(device, args.precision)  # refuses int8 (and float16 on a CPU) before the model is loaded
     var = load_model(args).to(device)
     settings = sampling_settings(args, var)
     guidance = guidance_setting(args, var)
@@ -128,7 +128,7 @@ def run(args) -> int:
             edited, tokens = [], []
             for j in range(0, args.num, EDIT_BATCH):  # variation j uses seed + j
                 n = min(EDIT_BATCH, args.num - j)
-                with autocast_context(device, args.dtype):
+                with autocast_context(device, args.precision):
                     result = nextscale.edit(var, image.expand(n, -1, -1, -1), keep, labels=label, seed=args.seed + j,
                                             per_image_seeds=True, more_smooth=args.more_smooth, guidance=guidance,
                                             **settings)

@@ -262,7 +262,7 @@ def run(args) -> int:
 
     _check_options(args)
     device = resolve_device(args.device)
-    if args.dtype == "float16" and device.type == "cpu":
+    if args.precision == "float16" and device.type == "cpu":
         raise UserError("--precision float16 needs a GPU; on CPU use float32 (exact), bfloat16 or int8")
     var = load_model(args).to(device)
     settings = sampling_settings(args, var)
@@ -280,7 +280,7 @@ def run(args) -> int:
 
     names = class_names(var)
     batch = args.batch_size
-    common = dict(per_image_seeds=True, more_smooth=args.more_smooth, precision=args.dtype, guidance=guidance,
+    common = dict(per_image_seeds=True, more_smooth=args.more_smooth, precision=args.precision, guidance=guidance,
                   refiner=refiner, switch_at=args.switch_at if refiner is not None else None, **settings)
     if wanted is None:
         batches = -(-count // batch)

@@ -68,10 +68,10 @@ def run(args) -> int:
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be in [0, 65535], got {args.port}")
     device = resolve_device(args.device)
-    autocast_context(device, args.dtype)  # refuses float16 on a CPU now rather than in every request
+    autocast_context(device, args.precision)  # refuses float16 on a CPU now rather than in every request
     var = load_model(args).to(device).eval()
     name = args.transformer or args.model or "fashion-mnist"
-    runner = ModelRunner(var, name, device, args.dtype, max_images=args.max_images,
+    runner = ModelRunner(var, name, device, args.precision, max_images=args.max_images,
                          max_upload_bytes=int(args.max_upload_mb * 1e6), max_pixels=int(args.max_pixels * 1e6))
     try:
         server = make_server(runner, args.host, args.port, time_limit=args.time_limit, max_queue=args.max_queue,

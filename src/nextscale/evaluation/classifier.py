@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nextscale.config_schema import ConfigDict
+from nextscale.config_schema import ConfigDict, from_dict
 from nextscale.data.fashion_mnist import CLASS_NAMES
 
 SHIPPED_FOLDER = "fashion_mnist_classifier"
@@ -55,12 +55,9 @@ class ClassifierConfig(ConfigDict):
 
     @classmethod
     def from_dict(cls, d: dict) -> "ClassifierConfig":
-        """Lenient, unlike ConfigDict's: keys it does not know are ignored."""
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        for key in ("channels", "class_names", "pixel_mean", "pixel_std"):
-            if isinstance(known.get(key), list):
-                known[key] = tuple(known[key])
-        return cls(**known)
+        """Lenient, unlike ConfigDict's: keys it does not know are ignored (files of later versions still load);
+        the known ones are read as `config_schema.from_dict` reads every config."""
+        return from_dict(cls, {k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
     def validate(self) -> None:
         if self.in_channels not in (1, 3):
@@ -172,8 +169,8 @@ def check_classifier_config(meta, config_path: str | os.PathLike) -> ClassifierC
     ignored. CheckpointError names the file and the field otherwise."""
     import typing
 
-    from nextscale.model_folder import CheckpointError
     from nextscale.config_schema import AT_LEAST_1, BELOW_ONE, POSITIVE, ConfigError, Range, coerce
+    from nextscale.model_folder import CheckpointError
     where = str(config_path)
 
     def bad(message: str):

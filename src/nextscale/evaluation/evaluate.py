@@ -22,7 +22,6 @@ from nextscale.evaluation.frechet import (feature_statistics, frechet_distance, 
                                           kernel_inception_distance, precision_recall)
 from nextscale.evaluation.image_sets import ImageSet, as_nhwc3
 
-
 MIN_HELDOUT = 20  # fewer held-out real images than this: the table warns that the distances are very noisy
 
 

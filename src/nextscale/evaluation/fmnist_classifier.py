@@ -3,8 +3,8 @@
 Kept for the names it always exported; new code imports from `nextscale.evaluation.classifier`.
 """
 
-from nextscale.evaluation.classifier import (SHIPPED_FOLDER, ClassifierConfig, FashionMNISTClassifier,
-                                             ImageClassifier, load_classifier, shipped_classifier_path)
+from nextscale.evaluation.classifier import (SHIPPED_FOLDER, ClassifierConfig, FashionMNISTClassifier, ImageClassifier,
+                                             load_classifier, shipped_classifier_path)
 
 __all__ = ["SHIPPED_FOLDER", "ClassifierConfig", "FashionMNISTClassifier", "ImageClassifier", "load_classifier",
            "shipped_classifier_path"]

@@ -74,7 +74,7 @@ class App:
 
             from PIL import Image
 
-            from nextscale.serve.test_images import load_test_images
+            from nextscale.serve.example_images import load_test_images
             images, labels, indices = load_test_images()
             names = self.runner.class_names
             entries = []

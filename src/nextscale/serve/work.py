@@ -34,13 +34,13 @@ def data_urls(images_BCHW: torch.Tensor) -> list[str]:
 class ModelRunner:
     """The model of this server, and the checks and work of generate / edit requests."""
 
-    def __init__(self, var, name: str, device: torch.device, dtype: str = "float32", max_images: int = 16,
+    def __init__(self, var, name: str, device: torch.device, precision: str = "float32", max_images: int = 16,
                  max_upload_bytes: int = 10_000_000, max_pixels: int = DEFAULT_MAX_PIXELS):
         self.var = var.eval()
         self.vae = var.tokenizer
         self.name = name
         self.device = device
-        self.dtype = dtype
+        self.precision = precision
         self.max_images = max_images
         self.max_upload_bytes = max_upload_bytes
         self.max_pixels = max_pixels
@@ -141,7 +141,7 @@ class ModelRunner:
         def work(job: Job) -> None:
             # labels None: drawn uniformly per image, as `nextscale sample --num-images` draws them
             out = nextscale.sample(self.var, None if label is None else [label] * len(seeds), seed=seeds[0],
-                                   per_image_seeds=True, num_samples=len(seeds), precision=self.dtype,
+                                   per_image_seeds=True, num_samples=len(seeds), precision=self.precision,
                                    on_scale=self._scale_reporter(job), **settings)
             job.result = {**self._finish(job, out.images, seeds, settings), "labels": out.labels.tolist(),
                           "grid": png_data_url(make_grid(out.images.cpu(), ncols=min(len(seeds), 8)))}
@@ -170,7 +170,7 @@ class ModelRunner:
         @torch.no_grad()
         def work(job: Job) -> None:
             inputs = image.expand(len(seeds), -1, -1, -1).to(self.device)
-            with precision_context(self.dtype, self.device):  # float32 or autocast; `serve` refuses int8
+            with precision_context(self.precision, self.device):  # float32 or autocast; `serve` refuses int8
                 out = nextscale.edit(self.var, inputs, keep.to(self.device), labels=label, seed=seeds[0],
                                      per_image_seeds=True, on_scale=self._scale_reporter(job), **settings)
             job.result = {**self._finish(job, out.images, seeds, settings), "label": label, "mode": mode,

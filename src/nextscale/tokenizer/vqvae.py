@@ -6,15 +6,14 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Sequence
-
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import torch.nn as nn
 
-from nextscale.model_folder import save_pretrained
 from nextscale.config_schema import AT_LEAST_1, BELOW_ONE, FRACTION, NON_NEGATIVE, ConfigDict, Range
+from nextscale.model_folder import save_pretrained
 from nextscale.tokenizer.autoencoder import Decoder, Encoder
 from nextscale.tokenizer.quantizer import MultiScaleQuantizer
 

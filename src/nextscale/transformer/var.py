@@ -8,17 +8,16 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Sequence
-
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nextscale.model_folder import save_pretrained
 from nextscale.config_schema import AT_LEAST_1, BELOW_ONE, FRACTION, POSITIVE, ConfigDict, Range
-PATCH_NUMS_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+from nextscale.model_folder import save_pretrained
+from nextscale.tokenizer.vqvae import PATCH_NUMS_256
 
 
 @dataclass
@@ -303,20 +302,20 @@ class VAR(nn.Module):
         return sos + self.level_position(0, self.first_l)
 
     # ------------------------------------------------------------------ training forward
-    def forward(self, label_B: torch.Tensor, teacher_input_BLCv: torch.Tensor) -> torch.Tensor:
+    def forward(self, labels_B: torch.Tensor, teacher_input_BLCv: torch.Tensor) -> torch.Tensor:
         """Teacher forcing over all scales: labels (B,), input (B, L - first_l, Cvae) -> logits (B, L, V).
 
         In training mode each label is replaced by the null class with probability `class_drop_prob`.
         """
-        B = label_B.shape[0]
+        B = labels_B.shape[0]
         L = self.seq_len
         if teacher_input_BLCv.shape[1:] != (L - self.first_l, self.config.vae_channels):
             raise ValueError(f"teacher-forcing input must be (B, {L - self.first_l}, {self.config.vae_channels}), "
                              f"got {tuple(teacher_input_BLCv.shape)}")
         if self.training and self.class_drop_prob > 0:
-            drop = torch.rand(B, device=label_B.device) < self.class_drop_prob
-            label_B = torch.where(drop, self.num_classes, label_B)
-        cond_BD = self.class_emb(label_B)
+            drop = torch.rand(B, device=labels_B.device) < self.class_drop_prob
+            labels_B = torch.where(drop, self.num_classes, labels_B)
+        cond_BD = self.class_emb(labels_B)
         x_BLC = torch.cat((self.first_scale_input(cond_BD),
                            self.word_embed(teacher_input_BLCv.float()) + self.level_position(self.first_l, L)), dim=1)
         mods = self.block_modulations(cond_BD)
@@ -348,11 +347,11 @@ class VAR(nn.Module):
         x = next_input_BCvhw.flatten(2).transpose(1, 2)
         return self.word_embed(x) + self.level_position(start, end)
 
-    def forward_incremental(self, label_B: torch.Tensor, teacher_input_BLCv: torch.Tensor) -> torch.Tensor:
+    def forward_incremental(self, labels_B: torch.Tensor, teacher_input_BLCv: torch.Tensor) -> torch.Tensor:
         """Same logits as `forward` in eval mode, computed scale by scale with the KV cache."""
-        cond_BD = self.class_emb(label_B)
+        cond_BD = self.class_emb(labels_B)
         mods = self.block_modulations(cond_BD)
-        cache = self.new_kv_cache(label_B.shape[0])
+        cache = self.new_kv_cache(labels_B.shape[0])
         outs = [self.forward_scale(self.first_scale_input(cond_BD), cond_BD, mods, cache)]
         pos = 0
         for si in range(1, len(self.patch_nums)):
