@@ -85,14 +85,14 @@ def test_reference_pth_loads_with_inferred_config(ref_vae, ref_var, ref_config):
     assert ref_var.num_classes == c["var"]["num_classes"] and ref_var.config.num_heads == c["var"]["num_heads"]
 
 
-def test_unknown_token_count_asks_for_patch_nums(reference_file):
+def test_unknown_token_count_asks_for_patch_nums(tiny_pth):
     with pytest.raises(CheckpointError, match="pass patch_nums"):
-        nextscale.load_var(reference_file("tiny_d2_var.pth"))
+        nextscale.load_var(tiny_pth["var"])
 
 
-def test_wrong_file_lists_keys_and_closest_preset(reference_file):
+def test_wrong_file_lists_keys_and_closest_preset(tiny_pth):
     with pytest.raises(CheckpointError, match="not a VAR transformer checkpoint"):
-        nextscale.load_var(reference_file("tiny_d2_vae.pth"))
+        nextscale.load_var(tiny_pth["vae"])
 
 
 def test_mismatched_state_dict_names_missing_unexpected_and_closest_preset(tiny_models, tmp_path):
