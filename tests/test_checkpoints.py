@@ -10,6 +10,7 @@ import nextscale
 from nextscale.checkpoints import (VAE_PRESETS, VAR_PRESETS, CheckpointError, _load_strict, infer_vae_config,
                                    infer_var_config)
 from nextscale.tokenizer import VQVAE
+from tiny_models import TINY_TOKENIZER, TINY_TRANSFORMER
 from nextscale.transformer import VAR
 
 MANIFEST_NAMES = {"vae-f16c32": "vae_ch160v4096z32", "var-d16": "var_d16", "var-d20": "var_d20",
@@ -83,6 +84,17 @@ def test_reference_pth_loads_with_inferred_config(ref_vae, ref_var, ref_config):
     assert ref_vae.config.z_channels == c["vae"]["z_channels"] and ref_vae.vocab_size == c["vae"]["vocab_size"]
     assert ref_var.config.depth == c["var"]["depth"] and ref_var.config.embed_dim == c["var"]["embed_dim"]
     assert ref_var.num_classes == c["var"]["num_classes"] and ref_var.config.num_heads == c["var"]["num_heads"]
+
+
+def test_plain_state_dicts_load_with_inferred_config(tiny_pth, tiny_vae, tiny_var):
+    """Files saved like the released ones (plain state dicts, no config): the architecture is inferred from the
+    keys and shapes, the weights are the saved ones."""
+    assert tiny_vae.config == nextscale.VQVAEConfig(**TINY_TOKENIZER)
+    # drop_path_rate is for training, not in the weights: the default for the depth
+    assert tiny_var.config == nextscale.VARConfig(**{**TINY_TRANSFORMER, "drop_path_rate": None})
+    for model, path in ((tiny_vae, tiny_pth["vae"]), (tiny_var, tiny_pth["var"])):
+        saved, loaded = torch.load(path, map_location="cpu"), model.state_dict()
+        assert saved.keys() == loaded.keys() and all(torch.equal(loaded[k], v) for k, v in saved.items())
 
 
 def test_unknown_token_count_asks_for_patch_nums(tiny_pth):
