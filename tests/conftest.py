@@ -91,6 +91,22 @@ def tiny_args(tiny_pth):
     return cli_args(tiny_pth)
 
 
+@pytest.fixture(scope="session")
+def fashion_mnist():
+    """The Fashion-MNIST test split (images uint8 (10000, 32, 32), labels), read from where the package reads it
+    (/usr/share/datasets/fashion-mnist or NEXTSCALE_FASHION_MNIST_DIR); the test is skipped, saying why, when the
+    files are not installed (`make data` installs them). A test that needs the files only from some point on, or
+    only in some of its cases, asks for it there: `request.getfixturevalue("fashion_mnist")`."""
+    from nextscale.data.fashion_mnist import load_fashion_mnist
+    try:
+        images, labels = load_fashion_mnist("test")
+    except FileNotFoundError as e:
+        pytest.skip(f"Fashion-MNIST not installed: {e}")
+    for a in (images, labels):
+        a.setflags(write=False)  # shared by the session
+    return images, labels
+
+
 @pytest.fixture(autouse=True)
 def restore_torch_threads():
     """Training sets torch's thread count (threads=1 in the tests' recipes); give the other tests theirs back."""

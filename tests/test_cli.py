@@ -152,8 +152,7 @@ def test_edit_offers_no_batch_size_it_would_ignore(capsys):
     ["train-tokenizer", "{root}/configs/tokenizer_fashion_mnist.yaml", "out_dir={file}", "data.max_images=64",
      "steps=1"],
 ])
-def test_an_output_folder_that_is_a_file_is_one_line(argv, tmp_path, capsys):
-    from nextscale.data.fashion_mnist import load_fashion_mnist
+def test_an_output_folder_that_is_a_file_is_one_line(argv, tmp_path, capsys, request):
     """A file where an output folder goes: exit 2 with one line (it was a FileExistsError traceback, and for
     train-classifier only after all the training)."""
     from nextscale.cli import main
@@ -163,10 +162,7 @@ def test_an_output_folder_that_is_a_file_is_one_line(argv, tmp_path, capsys):
     for c in ("a", "b"):
         (folder / c).mkdir(parents=True)
     if argv[0] != "train-classifier":
-        try:
-            load_fashion_mnist("test")
-        except (FileNotFoundError, ValueError) as e:
-            pytest.skip(f"Fashion-MNIST not installed: {e}")
+        request.getfixturevalue("fashion_mnist")
     root = Path(__file__).resolve().parents[1]
     argv = [a.format(file=blocker, folder=folder, root=root) for a in argv]
     assert main(argv) == 2
