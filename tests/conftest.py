@@ -1,4 +1,5 @@
-"""Shared fixtures: the reference vectors of ../shared/reference (skipped with a reason when absent)."""
+"""Shared fixtures: the reference vectors of ../shared/reference, for the parity tests only (skipped with a reason
+when absent); tiny random models (tiny_models.py) for every other test; Fashion-MNIST (skipped when not installed)."""
 
 import json
 import os
@@ -7,11 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from tiny_models import PATCH_NUMS, TINY_TOKENIZER, TINY_TRANSFORMER, cli_args, random_vae, random_var, save_plain
+
 REFERENCE_DIR = Path(os.environ.get("NEXTSCALE_REFERENCE_DIR",
                                     Path(__file__).resolve().parents[1] / ".." / "shared" / "reference")).resolve()
-TINY_TOKENIZER = dict(ch=32, z_channels=8, vocab_size=64, patch_nums=(1, 2, 3, 4))
-TINY_TRANSFORMER = dict(depth=2, embed_dim=128, num_heads=2, num_classes=10, vocab_size=64, vae_channels=8,
-                        patch_nums=(1, 2, 3, 4), drop_path_rate=0.0)
 
 
 def _reference_file(name: str) -> Path:
@@ -60,6 +60,51 @@ def tiny_models():
     var.init_weights()
     var.attach_tokenizer(vae)
     return vae, var
+
+
+@pytest.fixture(scope="session")
+def tiny_pth(tmp_path_factory):
+    """The tiny tokenizer and transformer (random weights, seed 0) as plain state dicts, like the reference's
+    tiny_d2_*.pth: {"var": path, "vae": path}. Every test of a checkpoint file that is not a parity test uses these."""
+    vae = random_vae(seed=0)
+    return save_plain(vae, random_var(vae, seed=0), tmp_path_factory.mktemp("tiny_pth"))
+
+
+@pytest.fixture(scope="session")
+def tiny_vae(tiny_pth):
+    """The tiny tokenizer loaded from its .pth, as ref_vae is (shared by the session: do not change it)."""
+    import nextscale
+    return nextscale.load_vae(tiny_pth["vae"], patch_nums=PATCH_NUMS)
+
+
+@pytest.fixture(scope="session")
+def tiny_var(tiny_pth, tiny_vae):
+    """The tiny transformer loaded from its .pth on tiny_vae, as ref_var is (shared by the session: do not change
+    it; monkeypatch what a test must)."""
+    import nextscale
+    return nextscale.load_var(tiny_pth["var"], vae=tiny_vae, patch_nums=PATCH_NUMS)
+
+
+@pytest.fixture(scope="session")
+def tiny_args(tiny_pth):
+    """`--transformer VAR.pth --tokenizer VAE.pth --patch-nums 1,2,3,4` of the tiny models."""
+    return cli_args(tiny_pth)
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist():
+    """The Fashion-MNIST test split (images uint8 (10000, 32, 32), labels), read from where the package reads it
+    (/usr/share/datasets/fashion-mnist or NEXTSCALE_FASHION_MNIST_DIR); the test is skipped, saying why, when the
+    files are not installed (`make data` installs them). A test that needs the files only from some point on, or
+    only in some of its cases, asks for it there: `request.getfixturevalue("fashion_mnist")`."""
+    from nextscale.data.fashion_mnist import load_fashion_mnist
+    try:
+        images, labels = load_fashion_mnist("test")
+    except FileNotFoundError as e:
+        pytest.skip(f"Fashion-MNIST not installed: {e}")
+    for a in (images, labels):
+        a.setflags(write=False)  # shared by the session
+    return images, labels
 
 
 @pytest.fixture(autouse=True)

@@ -10,6 +10,7 @@ import nextscale
 from nextscale.checkpoints import _architectures, _load_strict, infer_vae_config, infer_var_config
 from nextscale.model_folder import CheckpointError
 from nextscale.tokenizer import VQVAE
+from tiny_models import TINY_TOKENIZER, TINY_TRANSFORMER
 from nextscale.transformer import VAR
 
 VAE_PRESETS, VAR_PRESETS = _architectures("vqvae"), _architectures("var")
@@ -87,14 +88,25 @@ def test_reference_pth_loads_with_inferred_config(ref_vae, ref_var, ref_config):
     assert ref_var.num_classes == c["var"]["num_classes"] and ref_var.config.num_heads == c["var"]["num_heads"]
 
 
-def test_unknown_token_count_asks_for_patch_nums(reference_file):
+def test_plain_state_dicts_load_with_inferred_config(tiny_pth, tiny_vae, tiny_var):
+    """Files saved like the released ones (plain state dicts, no config): the architecture is inferred from the
+    keys and shapes, the weights are the saved ones."""
+    assert tiny_vae.config == nextscale.VQVAEConfig(**TINY_TOKENIZER)
+    # drop_path_rate is for training, not in the weights: the default for the depth
+    assert tiny_var.config == nextscale.VARConfig(**{**TINY_TRANSFORMER, "drop_path_rate": None})
+    for model, path in ((tiny_vae, tiny_pth["vae"]), (tiny_var, tiny_pth["var"])):
+        saved, loaded = torch.load(path, map_location="cpu"), model.state_dict()
+        assert saved.keys() == loaded.keys() and all(torch.equal(loaded[k], v) for k, v in saved.items())
+
+
+def test_unknown_token_count_asks_for_patch_nums(tiny_pth):
     with pytest.raises(CheckpointError, match="pass patch_nums"):
-        nextscale.load_var(reference_file("tiny_d2_var.pth"))
+        nextscale.load_var(tiny_pth["var"])
 
 
-def test_wrong_file_lists_keys_and_closest_preset(reference_file):
+def test_wrong_file_lists_keys_and_closest_preset(tiny_pth):
     with pytest.raises(CheckpointError, match="not a VAR transformer checkpoint"):
-        nextscale.load_var(reference_file("tiny_d2_vae.pth"))
+        nextscale.load_var(tiny_pth["vae"])
 
 
 def test_mismatched_state_dict_names_missing_unexpected_and_closest_preset(tiny_models, tmp_path):

@@ -1,4 +1,4 @@
-"""The `nextscale sample` and `edit` command lines, on the tiny reference models."""
+"""The `nextscale sample` and `edit` command lines, on tiny random models saved as plain state dicts."""
 
 import subprocess
 import sys
@@ -12,12 +12,6 @@ from PIL import Image
 from nextscale.cli import main
 
 
-@pytest.fixture(scope="module")
-def model_args(reference_file):
-    return ["--transformer", str(reference_file("tiny_d2_var.pth")), "--tokenizer",
-            str(reference_file("tiny_d2_vae.pth")), "--patch-nums", "1,2,3,4"]
-
-
 @pytest.fixture
 def input_image(tmp_path):
     rng = np.random.default_rng(0)
@@ -26,9 +20,9 @@ def input_image(tmp_path):
     return path
 
 
-def test_sample_writes_grid_pngs_and_npz(model_args, tmp_path, capsys):
+def test_sample_writes_grid_pngs_and_npz(tiny_args, tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["sample", *model_args, "--class", "3,7", "--num-per-class", "3", "--npz", "--out", str(out),
+    assert main(["sample", *tiny_args, "--class", "3,7", "--num-per-class", "3", "--npz", "--out", str(out),
                  "--batch-size", "4", "--seed", "1"]) == 0
     assert (out / "grid.png").is_file()
     names = sorted(p.name for p in (out / "images").iterdir())
@@ -42,16 +36,16 @@ def test_sample_writes_grid_pngs_and_npz(model_args, tmp_path, capsys):
     assert "6 images" in capsys.readouterr().out
 
 
-def test_sample_images_do_not_depend_on_batch_size(model_args, tmp_path):
+def test_sample_images_do_not_depend_on_batch_size(tiny_args, tmp_path):
     for bs in (1, 5):
-        assert main(["sample", *model_args, "--class", "2", "--num-per-class", "5", "--no-grid", "--no-images",
+        assert main(["sample", *tiny_args, "--class", "2", "--num-per-class", "5", "--no-grid", "--no-images",
                      "--npz", "--batch-size", str(bs), "--out", str(tmp_path / f"bs{bs}")]) == 0
     a = np.load(tmp_path / "bs1" / "samples.npz")["arr_0"]
     b = np.load(tmp_path / "bs5" / "samples.npz")["arr_0"]
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
 
 
-def test_sample_precision_option_reaches_the_sampler(model_args, tmp_path, monkeypatch):
+def test_sample_precision_option_reaches_the_sampler(tiny_args, tmp_path, monkeypatch):
     import nextscale
     seen = []
     real_sample = nextscale.sample
@@ -61,14 +55,14 @@ def test_sample_precision_option_reaches_the_sampler(model_args, tmp_path, monke
         return real_sample(*args, **kwargs)
 
     monkeypatch.setattr(nextscale, "sample", recording_sample)
-    assert main(["sample", *model_args, "--class", "4", "--num-per-class", "2", "--no-grid", "--precision", "int8",
+    assert main(["sample", *tiny_args, "--class", "4", "--num-per-class", "2", "--no-grid", "--precision", "int8",
                  "--device", "cpu", "--out", str(tmp_path / "int8")]) == 0
     assert seen == ["int8"] and len(list((tmp_path / "int8" / "images").iterdir())) == 2
 
 
-def test_edit_keeps_the_kept_tokens_exactly(model_args, tmp_path, input_image, ref_vae):
+def test_edit_keeps_the_kept_tokens_exactly(tiny_args, tmp_path, input_image, tiny_vae):
     out = tmp_path / "edits"
-    assert main(["edit", *model_args, "--image", str(input_image), "--box", "0.25,0.25,0.75,0.75",
+    assert main(["edit", *tiny_args, "--image", str(input_image), "--box", "0.25,0.25,0.75,0.75",
                  "--mode", "inpaint", "--class", "5", "--num", "2", "--save-tokens", "--out", str(out)]) == 0
     edited = np.asarray(Image.open(out / "input_edited.png"))
     assert edited.shape[0] == 64 + 4 and edited.shape[1] == 2 * 64 + 6  # two variations side by side
@@ -76,7 +70,7 @@ def test_edit_keeps_the_kept_tokens_exactly(model_args, tmp_path, input_image, r
     tokens = np.load(out / "input_tokens.npz")
     from nextscale.images import load_images, to_model_input
     image = to_model_input(load_images(input_image), 64, 3)
-    known = ref_vae.encode_tokens(image * 2 - 1)
+    known = tiny_vae.encode_tokens(image * 2 - 1)
     keep = torch.from_numpy(tokens["keep_mask"]).flatten().bool()
     assert keep.sum() == 12  # a 2x2 box of 16 tokens regenerated
     finest = torch.from_numpy(tokens["scale_3"])
@@ -84,11 +78,11 @@ def test_edit_keeps_the_kept_tokens_exactly(model_args, tmp_path, input_image, r
     assert not torch.equal(finest[0], finest[1])  # two seeds, two variations
 
 
-def test_edit_with_mask_image(model_args, tmp_path, input_image):
+def test_edit_with_mask_image(tiny_args, tmp_path, input_image):
     mask = np.zeros((90, 120), np.uint8)
     mask[:, 60:] = 255
     Image.fromarray(mask).save(tmp_path / "mask.png")
-    assert main(["edit", *model_args, "--image", str(input_image), "--mask", str(tmp_path / "mask.png"),
+    assert main(["edit", *tiny_args, "--image", str(input_image), "--mask", str(tmp_path / "mask.png"),
                  "--save-tokens", "--out", str(tmp_path / "o")]) == 0
     keep = np.load(tmp_path / "o" / "input_tokens.npz")["keep_mask"]
     assert keep[:, :2].all() and not keep[:, 2:].any()
@@ -109,13 +103,13 @@ def test_edit_with_mask_image(model_args, tmp_path, input_image):
     (["edit", "--image", "{img}", "--box", "0,0,0.5,0.5", "--precision", "int8"], "int8 is for `nextscale sample`"),
     (["sample", "--precision", "float16", "--device", "cpu"], "float16 needs a GPU"),
 ])
-def test_bad_input_exits_nonzero_with_a_message(extra, message, model_args, tmp_path, input_image, capsys):
+def test_bad_input_exits_nonzero_with_a_message(extra, message, tiny_args, tmp_path, input_image, capsys):
     (tmp_path / "garbage.png").write_text("not an image")
     Image.fromarray(np.zeros((10, 10), np.uint8)).save(tmp_path / "small_mask.png")
     paths = dict(img=input_image, missing=tmp_path / "missing.png", garbage=tmp_path / "garbage.png",
                  small_mask=tmp_path / "small_mask.png")
     argv = [a.format(**paths) for a in extra]
-    code = main([argv[0], *model_args, *argv[1:], "--out", str(tmp_path / "o")])
+    code = main([argv[0], *tiny_args, *argv[1:], "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code != 0
     assert message in err and "Traceback" not in err
@@ -158,8 +152,7 @@ def test_edit_offers_no_batch_size_it_would_ignore(capsys):
     ["train-tokenizer", "{root}/configs/tokenizer_fashion_mnist.yaml", "out_dir={file}", "data.max_images=64",
      "steps=1"],
 ])
-def test_an_output_folder_that_is_a_file_is_one_line(argv, tmp_path, capsys):
-    from nextscale.data.fashion_mnist import load_fashion_mnist
+def test_an_output_folder_that_is_a_file_is_one_line(argv, tmp_path, capsys, request):
     """A file where an output folder goes: exit 2 with one line (it was a FileExistsError traceback, and for
     train-classifier only after all the training)."""
     from nextscale.cli import main
@@ -169,10 +162,7 @@ def test_an_output_folder_that_is_a_file_is_one_line(argv, tmp_path, capsys):
     for c in ("a", "b"):
         (folder / c).mkdir(parents=True)
     if argv[0] != "train-classifier":
-        try:
-            load_fashion_mnist("test")
-        except (FileNotFoundError, ValueError) as e:
-            pytest.skip(f"Fashion-MNIST not installed: {e}")
+        request.getfixturevalue("fashion_mnist")
     root = Path(__file__).resolve().parents[1]
     argv = [a.format(file=blocker, folder=folder, root=root) for a in argv]
     assert main(argv) == 2

@@ -1,6 +1,8 @@
 """The other commands check their options and output locations before any work, as sample, edit and export do
 (issue 14): eval, eval-tokenizer, train-classifier, tokenize."""
 
+import importlib
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -109,45 +111,42 @@ def test_eval_refuses_a_classifier_config_that_is_not_json(tmp_path, capsys):
     refused(["eval", tmp_path, "--classifier", folder], capsys, f"{folder / 'config.json'} is not a text (JSON) file")
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--resize-ratio", "nan"], "--resize-ratio must be a number in [1, 8], got nan"),
-    (["--resize-ratio", "1e300"], "--resize-ratio must be a number in [1, 8]"),
-    (["--grid-images", "0"], "--grid-images must be a whole number in [1, 256], got 0"),
-    (["--batch-size", "0"], "--batch-size must be a whole number in [1, 100000], got 0"),
-    (["--threads", "-2"], "--threads must be a whole number in [0, 1024], got -2"),
-    (["--out", "{blocker}"], "{blocker} is a file"),
-])
-def test_eval_tokenizer_refuses_bad_numbers_and_outputs_before_loading(extra, message, tmp_path, capsys, monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("the tokenizer was loaded before the options were checked")
+# Each command with the option that names its input, and what it must not have done yet when it refuses: the
+# function (module, attribute) that would start the work, and the failure saying so.
+BEFORE_ANY_WORK = {
+    "eval-tokenizer": ("--tokenizer", "nextscale", "load_vae", "the tokenizer was loaded"),
+    "train-classifier": ("--data", "nextscale.evaluation.train_classifier", "train", "training started"),
+}
 
-    monkeypatch.setattr(nextscale, "load_vae", refuse)
+
+@pytest.mark.parametrize("command, extra, message", [
+    ("eval-tokenizer", ["--resize-ratio", "nan"], "--resize-ratio must be a number in [1, 8], got nan"),
+    ("eval-tokenizer", ["--resize-ratio", "1e300"], "--resize-ratio must be a number in [1, 8]"),
+    ("eval-tokenizer", ["--grid-images", "0"], "--grid-images must be a whole number in [1, 256], got 0"),
+    ("eval-tokenizer", ["--batch-size", "0"], "--batch-size must be a whole number in [1, 100000], got 0"),
+    ("eval-tokenizer", ["--threads", "-2"], "--threads must be a whole number in [0, 1024], got -2"),
+    ("eval-tokenizer", ["--out", "{blocker}"], "{blocker} is a file"),
+    ("train-classifier", ["--lr", "nan"], "--lr must be a number in (0, 10], got nan"),
+    ("train-classifier", ["--lr", "-1"], "--lr must be a number in (0, 10]"),
+    ("train-classifier", ["--dropout", "1.5"], "--dropout must be a number in [0, 1), got 1.5"),
+    ("train-classifier", ["--weight-decay", "-0.1"], "--weight-decay must be a number in [0, 10]"),
+    ("train-classifier", ["--seed", "1180591620717411303424"],
+     "--seed must be a whole number in [0, 9223372036854775807]"),
+    ("train-classifier", ["--out", "{blocker}"], "{blocker} is a file"),
+])
+def test_bad_numbers_and_outputs_are_refused_before_any_work(command, extra, message, tmp_path, capsys,
+                                                              monkeypatch):
+    """eval-tokenizer before loading the tokenizer, train-classifier before reading images and training."""
+    input_option, module, attribute, work = BEFORE_ANY_WORK[command]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"{work} before the options were checked")
+
+    monkeypatch.setattr(importlib.import_module(module), attribute, refuse)
     blocker = tmp_path / "a_file"
     blocker.write_text("keep me")
     extra = [a.format(blocker=blocker) for a in extra]
-    refused(["eval-tokenizer", "--tokenizer", tmp_path, *extra], capsys, message.format(blocker=blocker))
-
-
-@pytest.mark.parametrize("extra, message", [
-    (["--lr", "nan"], "--lr must be a number in (0, 10], got nan"),
-    (["--lr", "-1"], "--lr must be a number in (0, 10]"),
-    (["--dropout", "1.5"], "--dropout must be a number in [0, 1), got 1.5"),
-    (["--weight-decay", "-0.1"], "--weight-decay must be a number in [0, 10]"),
-    (["--seed", "1180591620717411303424"], "--seed must be a whole number in [0, 9223372036854775807]"),
-    (["--out", "{blocker}"], "{blocker} is a file"),
-])
-def test_train_classifier_refuses_bad_numbers_and_outputs_before_reading_images(extra, message, tmp_path, capsys,
-                                                                                monkeypatch):
-    import nextscale.evaluation.train_classifier as train_classifier
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("training started before the options were checked")
-
-    monkeypatch.setattr(train_classifier, "train", refuse)
-    blocker = tmp_path / "a_file"
-    blocker.write_text("keep me")
-    extra = [a.format(blocker=blocker) for a in extra]
-    refused(["train-classifier", "--data", tmp_path, *extra], capsys, message.format(blocker=blocker))
+    refused([command, input_option, tmp_path, *extra], capsys, message.format(blocker=blocker))
 
 
 def test_tokenize_overwrite_never_deletes_a_folder_that_is_not_a_cache(tmp_path, capsys):

@@ -12,12 +12,6 @@ from nextscale.evaluation.classifier import ClassifierConfig, ImageClassifier
 
 
 @pytest.fixture(scope="module")
-def model_args(reference_file):
-    return ["--transformer", str(reference_file("tiny_d2_var.pth")), "--tokenizer",
-            str(reference_file("tiny_d2_vae.pth")), "--patch-nums", "1,2,3,4"]
-
-
-@pytest.fixture(scope="module")
 def judge_folder(tmp_path_factory):
     """A classifier folder (random weights) of the tiny model's 10 classes."""
     torch.manual_seed(3)
@@ -33,12 +27,12 @@ def npz_images(folder):
         return data["arr_0"], data["labels"]
 
 
-def test_truncated_guidance_over_every_scale_and_the_same_refiner_are_the_default(model_args, reference_file,
+def test_truncated_guidance_over_every_scale_and_the_same_refiner_are_the_default(tiny_args, tiny_pth,
                                                                                   tmp_path):
-    common = ["sample", *model_args, "--class", "3,7", "--num-per-class", "2", "--seed", "4", "--no-grid",
+    common = ["sample", *tiny_args, "--class", "3,7", "--num-per-class", "2", "--seed", "4", "--no-grid",
               "--no-images", "--npz", "--batch-size", "3"]
     assert main([*common, "--out", str(tmp_path / "default")]) == 0
-    assert main([*common, "--guidance", "truncated:4", "--refiner", str(reference_file("tiny_d2_var.pth")),
+    assert main([*common, "--guidance", "truncated:4", "--refiner", str(tiny_pth["var"]),
                  "--switch-at", "2", "--out", str(tmp_path / "options")]) == 0
     a, b = npz_images(tmp_path / "default")[0], npz_images(tmp_path / "options")[0]
     assert np.array_equal(a, b)
@@ -46,9 +40,9 @@ def test_truncated_guidance_over_every_scale_and_the_same_refiner_are_the_defaul
     assert not np.array_equal(a, npz_images(tmp_path / "truncated")[0])
 
 
-def test_rejection_keeps_the_requested_images_as_python_does(model_args, judge_folder, ref_var, tmp_path, capsys):
+def test_rejection_keeps_the_requested_images_as_python_does(tiny_args, judge_folder, tiny_var, tmp_path, capsys):
     out = tmp_path / "kept"
-    assert main(["sample", *model_args, "--class", "3,7", "--num-per-class", "2", "--seed", "9", "--no-grid",
+    assert main(["sample", *tiny_args, "--class", "3,7", "--num-per-class", "2", "--seed", "9", "--no-grid",
                  "--npz", "--batch-size", "3", "--reject-with", str(judge_folder), "--keep", "0.5",
                  "--out", str(out)]) == 0
     assert "kept 4 of 8 candidates" in capsys.readouterr().out
@@ -57,16 +51,16 @@ def test_rejection_keeps_the_requested_images_as_python_does(model_args, judge_f
     assert sorted(p.name for p in (out / "images").glob("*.png")) == \
         ["class003_00000.png", "class003_00001.png", "class007_00000.png", "class007_00001.png"]
     # Candidate j of the command uses seed + j, class by class: one Python call for all the labels.
-    python = nextscale.sample(ref_var, [3, 3, 7, 7], seed=9, per_image_seeds=True, reject_with=str(judge_folder),
+    python = nextscale.sample(tiny_var, [3, 3, 7, 7], seed=9, per_image_seeds=True, reject_with=str(judge_folder),
                               keep=0.5, batch_size=3)
     expected = nextscale.images.to_uint8_hwc(python.images.float())
     assert np.abs(images.astype(int) - expected.astype(int)).max() <= 1
 
 
-def test_edit_with_truncated_guidance_over_every_scale_is_the_default(model_args, tmp_path):
+def test_edit_with_truncated_guidance_over_every_scale_is_the_default(tiny_args, tmp_path):
     image = tmp_path / "input.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(image)
-    common = ["edit", *model_args, "--image", str(image), "--box", "0.25,0.25,0.75,0.75", "--class", "5",
+    common = ["edit", *tiny_args, "--image", str(image), "--box", "0.25,0.25,0.75,0.75", "--class", "5",
               "--num", "2"]
     assert main([*common, "--out", str(tmp_path / "a")]) == 0
     assert main([*common, "--guidance", "truncated:4", "--out", str(tmp_path / "b")]) == 0
@@ -91,20 +85,20 @@ def test_edit_with_truncated_guidance_over_every_scale_is_the_default(model_args
                                                     "to be their class; the null class"),
     (["--reject-with", "REF"], "is not the FID Inception weights"),
 ])
-def test_bad_options_stop_with_one_line(model_args, reference_file, judge_folder, tmp_path, capsys, options,
+def test_bad_options_stop_with_one_line(tiny_args, tiny_pth, judge_folder, tmp_path, capsys, options,
                                         message):
-    named = {"REF": str(reference_file("tiny_d2_var.pth")), "JUDGE": str(judge_folder)}
+    named = {"REF": str(tiny_pth["var"]), "JUDGE": str(judge_folder)}
     options = [named.get(o, o) for o in options]
     if "--class" not in options:
         options += ["--class", "1"]
-    assert main(["sample", *model_args, *options, "--out", str(tmp_path / "out")]) == 2
+    assert main(["sample", *tiny_args, *options, "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
 
 
-def test_reject_with_refuses_num_images(model_args, judge_folder, tmp_path, capsys):
-    assert main(["sample", *model_args, "--num-images", "3", "--reject-with", str(judge_folder),
+def test_reject_with_refuses_num_images(tiny_args, judge_folder, tmp_path, capsys):
+    assert main(["sample", *tiny_args, "--num-images", "3", "--reject-with", str(judge_folder),
                  "--out", str(tmp_path / "out")]) == 2
     assert "give the classes (--class, --num-per-class), not --num-images" in capsys.readouterr().err
 
@@ -123,7 +117,7 @@ def test_help_explains_the_options(capsys):
 
 
 @pytest.mark.slow
-def test_reject_with_the_inception_weights_and_its_label_map(model_args, ref_var, tmp_path, capsys):
+def test_reject_with_the_inception_weights_and_its_label_map(tiny_args, tiny_var, tmp_path, capsys):
     """The FID Inception (random weights here, saved as pytorch-fid's file would be) with a label map in the
     TensorFlow graph's format: the CLI keeps what Python keeps."""
     from nextscale.evaluation.inception import FIDInceptionV3
@@ -134,15 +128,15 @@ def test_reject_with_the_inception_weights_and_its_label_map(model_args, ref_var
     labels_map.write_text("".join(f'entry {{\n  target_class: {1 + 3 * i}\n  target_class_string: "n{i:08d}"\n}}\n'
                                   for i in range(10)))
     out = tmp_path / "kept"
-    assert main(["sample", *model_args, "--class", "4", "--num-per-class", "1", "--seed", "2", "--npz",
+    assert main(["sample", *tiny_args, "--class", "4", "--num-per-class", "1", "--seed", "2", "--npz",
                  "--no-grid", "--no-images", "--reject-with", str(weights), "--inception-labels", str(labels_map),
                  "--out", str(out)]) == 0
     assert "kept 1 of 2 candidates" in capsys.readouterr().out
-    python = nextscale.sample(ref_var, [4], seed=2, per_image_seeds=True, keep=0.5, batch_size=16,
-                              reject_with=nextscale.rejection.class_scorer(str(weights), ref_var,
+    python = nextscale.sample(tiny_var, [4], seed=2, per_image_seeds=True, keep=0.5, batch_size=16,
+                              reject_with=nextscale.rejection.class_scorer(str(weights), tiny_var,
                                                                            class_map=labels_map))
     images = npz_images(out)[0]
     assert np.abs(images.astype(int) - nextscale.images.to_uint8_hwc(python.images).astype(int)).max() <= 1
-    assert main(["sample", *model_args, "--class", "4", "--reject-with", str(weights), "--out",
+    assert main(["sample", *tiny_args, "--class", "4", "--reject-with", str(weights), "--out",
                  str(tmp_path / "no_map")]) == 2
     assert "give its label map" in capsys.readouterr().err

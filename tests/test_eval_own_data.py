@@ -213,7 +213,7 @@ def test_eval_without_class_names_says_they_were_not_checked(trained, tmp_path, 
     assert any("class names could not be checked" in w for w in result["classifier"]["warnings"])
 
 
-def test_the_fashion_mnist_classifier_refuses_own_images(trained, tmp_path, capsys):
+def test_the_fashion_mnist_classifier_refuses_own_images(trained, tmp_path, capsys, request):
     """The old defect: own samples scored by the shipped Fashion-MNIST classifier ("class accuracy 0.0000,
     Fréchet distance 567, 4.06x floor") without a warning. Now refused (resolution, class names) or warned."""
     fresh = trained["fresh"]
@@ -222,11 +222,7 @@ def test_the_fashion_mnist_classifier_refuses_own_images(trained, tmp_path, caps
     at32 = read_labelled_folder(trained["root"] / "fresh", 32, 3)
     rc, _, err, _ = run_eval(tmp_path, capsys, at32.images, at32.labels, list(at32.classes))
     assert rc == 2 and "the samples' classes are [circle, square, triangle]" in err and "T-shirt/top" in err
-    from nextscale.data.fashion_mnist import load_fashion_mnist
-    try:
-        load_fashion_mnist("test")
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
+    request.getfixturevalue("fashion_mnist")  # the rest scores them against the real test split
     rc, out, err, result = run_eval(tmp_path, capsys, at32.images, at32.labels, None, extra=["--floor-draws", "1"])
     assert rc == 0, err
     assert "the shipped Fashion-MNIST classifier" in out and "Fashion-MNIST test split" in out

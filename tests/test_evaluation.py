@@ -24,14 +24,6 @@ def random_spd(rng, d: int) -> np.ndarray:
     return a @ a.T / d + 0.1 * np.eye(d)
 
 
-def fashion_mnist_test():
-    from nextscale.data.fashion_mnist import load_fashion_mnist
-    try:
-        return load_fashion_mnist("test")
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Fréchet distance
 
@@ -127,13 +119,13 @@ def test_inception_score_known_cases():
 # ----------------------------------------------------------------------------------------------------------------
 # The shipped Fashion-MNIST classifier
 
-def test_shipped_classifier_is_small_and_classifies_test_images():
+def test_shipped_classifier_is_small_and_classifies_test_images(request):
     folder = shipped_classifier_path()
     assert (folder / "model.safetensors").stat().st_size < 2 * 1024 * 1024
     import nextscale
     model = nextscale.load_classifier()
     assert model.config.metrics["test_accuracy"] >= 0.9
-    images, labels = fashion_mnist_test()
+    images, labels = request.getfixturevalue("fashion_mnist")
     x = torch.from_numpy(images[:200]).float().div(255).unsqueeze(1)
     with torch.no_grad():
         features, logits = model.features_and_logits(x)
@@ -281,8 +273,8 @@ def write_test_images(folder, images, labels):
 
 
 @pytest.mark.slow
-def test_eval_command_on_real_test_images(tmp_path, capsys):
-    images, labels = fashion_mnist_test()
+def test_eval_command_on_real_test_images(tmp_path, capsys, fashion_mnist):
+    images, labels = fashion_mnist
     write_test_images(tmp_path / "images", images[:40], labels[:40])
     rc = cli_main(["eval", str(tmp_path), "--json", str(tmp_path / "eval.json"), "--save-npz",
                    str(tmp_path / "saved.npz")])
@@ -315,7 +307,7 @@ def test_eval_command_on_real_test_images(tmp_path, capsys):
     ("reference_alone", "--inception-weights"),
     ("label", "outside"),
 ])
-def test_eval_command_rejects_bad_input(tmp_path, capsys, setup, message):
+def test_eval_command_rejects_bad_input(tmp_path, capsys, setup, message, request):
     args = ["eval"]
     if setup == "empty":
         (tmp_path / "empty").mkdir()
@@ -333,7 +325,7 @@ def test_eval_command_rejects_bad_input(tmp_path, capsys, setup, message):
         np.savez(tmp_path / "s.npz", arr_0=np.zeros((4, 32, 32, 3), np.uint8))
         args += [str(tmp_path / "s.npz"), "--reference", str(tmp_path / "s.npz")]
     elif setup == "label":
-        fashion_mnist_test()
+        request.getfixturevalue("fashion_mnist")
         np.savez(tmp_path / "s.npz", arr_0=np.zeros((4, 32, 32, 3), np.uint8), labels=np.array([0, 1, 2, 42]))
         args.append(str(tmp_path / "s.npz"))
     assert cli_main(args) == 2

@@ -27,20 +27,34 @@ def test_inexact_precisions_stay_close_to_float32(ref_var, ref_io, ref_config, p
     torch.testing.assert_close(exact.images, ref_io["sample.cfg4_k0_p0.img"], atol=1e-3, rtol=0)
 
 
-def test_int8_quantizes_only_the_block_linears_and_keeps_the_original(ref_var):
-    q = quantize_int8(ref_var)
-    assert q is not ref_var and q.tokenizer is ref_var.tokenizer
+@pytest.mark.parametrize("precision", ["int8", "bfloat16"])
+def test_inexact_precisions_stay_close_to_float32_and_leave_it_exact(tiny_var, precision):
+    """The same checks on the tiny random model (no reference vectors): against our own float32 samples."""
+    kwargs = dict(seed=42, cfg=4.0, top_k=0, top_p=0.0)
+    exact = nextscale.sample(tiny_var, [3, 7], **kwargs)
+    fast = nextscale.sample(tiny_var, [3, 7], precision=precision, **kwargs)
+    assert fast.images.dtype == torch.float32 and fast.images.shape == (2, 3, 64, 64)
+    assert 0 <= fast.images.min() and fast.images.max() <= 1
+    assert agreement(fast.tokens, exact.tokens) >= 0.8
+    again = nextscale.sample(tiny_var, [3, 7], **kwargs)
+    assert all(torch.equal(a, b) for a, b in zip(again.tokens, exact.tokens))
+    assert torch.equal(again.images, exact.images)
+
+
+def test_int8_quantizes_only_the_block_linears_and_keeps_the_original(tiny_var):
+    q = quantize_int8(tiny_var)
+    assert q is not tiny_var and q.tokenizer is tiny_var.tokenizer
     block = q.blocks[0]
     for m in (block.attn.mat_qkv, block.attn.proj, block.ffn.fc1, block.ffn.fc2):
         assert not isinstance(m, nn.Linear) and "quantized" in type(m).__module__
     assert isinstance(block.ada_lin[1], nn.Linear) and isinstance(q.head, nn.Linear)
-    assert isinstance(ref_var.blocks[0].attn.mat_qkv, nn.Linear)
+    assert isinstance(tiny_var.blocks[0].attn.mat_qkv, nn.Linear)
     # Teacher-forced logits of the int8 copy are close to float32 ones, not equal.
     labels = torch.tensor([3, 7])
-    tokens = ref_var.tokenizer.encode_tokens(torch.zeros(2, 3, 64, 64))
-    inputs = ref_var.tokenizer.teacher_forcing_input(tokens)
+    tokens = tiny_var.tokenizer.encode_tokens(torch.zeros(2, 3, 64, 64))
+    inputs = tiny_var.tokenizer.teacher_forcing_input(tokens)
     with torch.no_grad():
-        exact, approx = ref_var(labels, inputs), q(labels, inputs)
+        exact, approx = tiny_var(labels, inputs), q(labels, inputs)
     err = (exact - approx).abs().max().item()
     assert 0 < err < 0.05 * exact.abs().max().item()
 
@@ -54,6 +68,6 @@ def test_int8_copy_is_cached_until_the_weights_change(tiny_models):
     assert _int8_copy(var) is not first
 
 
-def test_unknown_precision_is_rejected(ref_var):
+def test_unknown_precision_is_rejected(tiny_var):
     with pytest.raises(ValueError, match="precision must be one of"):
-        nextscale.sample(ref_var, [1], precision="fp8")
+        nextscale.sample(tiny_var, [1], precision="fp8")

@@ -23,12 +23,6 @@ def shipped():
     return nextscale.load_pretrained("fashion-mnist")
 
 
-@pytest.fixture(scope="module")
-def ref_args(reference_file):
-    return ["--transformer", str(reference_file("tiny_d2_var.pth")), "--tokenizer",
-            str(reference_file("tiny_d2_vae.pth")), "--patch-nums", "1,2,3,4"]
-
-
 @pytest.fixture
 def used_settings(monkeypatch):
     """The (cfg, top_k, top_p) every sample / edit really ran with, whoever called it."""
@@ -100,14 +94,14 @@ def test_python_cli_and_web_defaults_are_the_models_recommendation(shipped, used
     assert used_settings[-1] == (1.0, recommended["top_k"], recommended["top_p"])
 
 
-def test_without_a_recommendation_python_and_cli_use_the_published_settings(ref_var, ref_args, used_settings,
+def test_without_a_recommendation_python_and_cli_use_the_published_settings(tiny_var, tiny_args, used_settings,
                                                                              tmp_path):
-    assert not getattr(ref_var, "extra_config", {}).get("sampling")
-    nextscale.sample(ref_var, [3], seed=0)
-    assert main(["sample", *ref_args, "--class", "3", "--num-per-class", "1", "--no-grid",
+    assert not getattr(tiny_var, "extra_config", {}).get("sampling")
+    nextscale.sample(tiny_var, [3], seed=0)
+    assert main(["sample", *tiny_args, "--class", "3", "--num-per-class", "1", "--no-grid",
                  "--out", str(tmp_path)]) == 0
     assert used_settings == [tuple(PUBLISHED.values())] * 2
-    assert nextscale.recommended_sampling(ref_var) == PUBLISHED
+    assert nextscale.recommended_sampling(tiny_var) == PUBLISHED
 
 
 def test_cli_images_are_python_per_image_seed_images(shipped, tmp_path):
@@ -154,14 +148,14 @@ def test_cli_edit_variations_are_python_per_image_seed_edits(shipped, tmp_path):
     assert np.array_equal(edited, make_grid(python.images, ncols=2))
 
 
-def test_per_image_seeds_needs_a_seed_and_no_generator(ref_var):
+def test_per_image_seeds_needs_a_seed_and_no_generator(tiny_var):
     with pytest.raises(ValueError, match="needs a seed"):
-        nextscale.sample(ref_var, [1], per_image_seeds=True)
+        nextscale.sample(tiny_var, [1], per_image_seeds=True)
     with pytest.raises(ValueError, match="do not pass generator"):
-        nextscale.sample(ref_var, [1], seed=0, per_image_seeds=True, generator=torch.Generator())
+        nextscale.sample(tiny_var, [1], seed=0, per_image_seeds=True, generator=torch.Generator())
 
 
-def test_sample_writes_the_models_class_names(ref_args, tmp_path):
+def test_sample_writes_the_models_class_names(tiny_args, tmp_path):
     assert main(["sample", "--class", "Trouser,bag", "--num-per-class", "1", "--npz",
                  "--out", str(tmp_path / "a")]) == 0
     names = nextscale.load_pretrained("fashion-mnist").extra_config["class_names"]
@@ -170,7 +164,7 @@ def test_sample_writes_the_models_class_names(ref_args, tmp_path):
         assert data["labels"].tolist() == [1, 8]
     assert json.loads((tmp_path / "a" / "images" / "class_names.json").read_text()) == names
     # A model without class names writes none.
-    assert main(["sample", *ref_args, "--class", "1", "--num-per-class", "1", "--npz",
+    assert main(["sample", *tiny_args, "--class", "1", "--num-per-class", "1", "--npz",
                  "--out", str(tmp_path / "b")]) == 0
     assert "class_names" not in np.load(tmp_path / "b" / "samples.npz", allow_pickle=False).files
     assert not (tmp_path / "b" / "images" / "class_names.json").exists()

@@ -157,12 +157,8 @@ FMNIST_CI = {
 }
 
 
+@pytest.mark.usefixtures("fashion_mnist")
 def test_fashion_mnist_recipe_as_the_readme_says(tmp_path):
-    try:
-        from nextscale.data.fashion_mnist import load_fashion_mnist
-        load_fashion_mnist("test")
-    except (FileNotFoundError, ValueError) as e:
-        pytest.skip(f"Fashion-MNIST not installed: {e}")
     commands = [c for c in bash_commands(section("## Training recipes")) if "fashion_mnist" in c
                 and not c.startswith("torchrun")]
     subcommands = [shlex.split(c)[1] for c in commands]

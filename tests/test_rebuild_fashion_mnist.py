@@ -14,12 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("fashion_mnist")
 def test_rebuild_script_runs_every_step_and_times_it(tmp_path):
-    try:
-        from nextscale.data.fashion_mnist import load_fashion_mnist
-        load_fashion_mnist("test")
-    except (FileNotFoundError, ValueError) as e:
-        pytest.skip(f"Fashion-MNIST not installed: {e}")
     runs = tmp_path / "rebuild"
     env = dict(os.environ, OMP_NUM_THREADS="1", NEXTSCALE=f"{sys.executable} -m nextscale",
                TOKENIZER_ARGS="steps=4 stop_at_step=3 global_batch=8 log_every=1 eval_every=3 eval_images=16 "

@@ -1,4 +1,5 @@
-"""Sampling and editing reproduce the reference sampler token for token (tiny_d2)."""
+"""Sampling and editing reproduce the reference sampler token for token (tiny_d2, the parity tests); the sampler's
+own rules (batching, seeds, labels, refusals) on the tiny random model."""
 
 import json
 
@@ -55,22 +56,22 @@ def test_per_scale_keep_mask_rules():
     assert per_scale_keep(stripe, (1, 2))[1].tolist() == [False] * 4  # exactly 0.5 is not kept
 
 
-def test_batch_split_rule(ref_var):
+def test_batch_split_rule(tiny_var):
     """One seed: a single generator feeds the whole request in batch order, so the first batch equals
     sampling it alone. Per-image generators: every image equals sampling it alone with its seed,
     whatever the batching."""
     from nextscale.inference_options import seeded_generators
-    split = nextscale.sample(ref_var, [3, 7], seed=5, cfg=1.0, top_k=10, batch_size=1)
-    alone = nextscale.sample(ref_var, [3], seed=5, cfg=1.0, top_k=10)
+    split = nextscale.sample(tiny_var, [3, 7], seed=5, cfg=1.0, top_k=10, batch_size=1)
+    alone = nextscale.sample(tiny_var, [3], seed=5, cfg=1.0, top_k=10)
     assert torch.equal(split.images[0], alone.images[0])
 
     labels, seeds = [3, 7, 1], [100, 101, 102]
-    one_batch = nextscale.sample(ref_var, labels, generator=seeded_generators(seeds), cfg=2.0, top_k=10,
+    one_batch = nextscale.sample(tiny_var, labels, generator=seeded_generators(seeds), cfg=2.0, top_k=10,
                                  more_smooth=True)
-    two_batches = nextscale.sample(ref_var, labels, generator=seeded_generators(seeds), cfg=2.0, top_k=10,
+    two_batches = nextscale.sample(tiny_var, labels, generator=seeded_generators(seeds), cfg=2.0, top_k=10,
                                    more_smooth=True, batch_size=2)
     for i, (label, s) in enumerate(zip(labels, seeds)):
-        single = nextscale.sample(ref_var, [label], seed=s, cfg=2.0, top_k=10, more_smooth=True)
+        single = nextscale.sample(tiny_var, [label], seed=s, cfg=2.0, top_k=10, more_smooth=True)
         for k in range(4):
             assert torch.equal(one_batch.tokens[k][i], single.tokens[k][0])
             assert torch.equal(two_batches.tokens[k][i], single.tokens[k][0])
@@ -78,19 +79,19 @@ def test_batch_split_rule(ref_var):
         torch.testing.assert_close(two_batches.images[i], single.images[0], atol=1e-3, rtol=0)
 
 
-def test_same_seed_same_images_and_different_seed_differs(ref_var):
-    a = nextscale.sample(ref_var, [1, 2, 3], seed=0, cfg=2.0)
-    b = nextscale.sample(ref_var, [1, 2, 3], seed=0, cfg=2.0)
-    c = nextscale.sample(ref_var, [1, 2, 3], seed=1, cfg=2.0)
+def test_same_seed_same_images_and_different_seed_differs(tiny_var):
+    a = nextscale.sample(tiny_var, [1, 2, 3], seed=0, cfg=2.0)
+    b = nextscale.sample(tiny_var, [1, 2, 3], seed=0, cfg=2.0)
+    c = nextscale.sample(tiny_var, [1, 2, 3], seed=1, cfg=2.0)
     assert torch.equal(a.images, b.images)
     assert not all(torch.equal(x, y) for x, y in zip(a.tokens, c.tokens))
 
 
-def test_labels_none_are_drawn_uniformly_and_null_class_is_allowed(ref_var):
-    out = nextscale.sample(ref_var, None, seed=0, num_samples=64)
+def test_labels_none_are_drawn_uniformly_and_null_class_is_allowed(tiny_var):
+    out = nextscale.sample(tiny_var, None, seed=0, num_samples=64)
     assert out.labels.shape == (64,) and 0 <= out.labels.min() and out.labels.max() < 10
     assert len(set(out.labels.tolist())) > 5
-    uncond = nextscale.sample(ref_var, [10, 10], seed=0)
+    uncond = nextscale.sample(tiny_var, [10, 10], seed=0)
     assert uncond.images.shape == (2, 3, 64, 64) and 0 <= uncond.images.min() and uncond.images.max() <= 1
 
 
@@ -106,9 +107,9 @@ def test_top_k_and_top_p_filtering():
     (dict(labels=[11]), "outside"), (dict(labels=[-1]), "outside"), (dict(cfg=-1.0), "cfg"),
     (dict(top_p=1.5), "top_p"), (dict(top_k=-2), "top_k"),
 ])
-def test_bad_sampling_arguments(ref_var, kwargs, message):
+def test_bad_sampling_arguments(tiny_var, kwargs, message):
     with pytest.raises(ValueError, match=message):
-        nextscale.sample(ref_var, **{"labels": [1], **kwargs})
+        nextscale.sample(tiny_var, **{"labels": [1], **kwargs})
 
 
 @pytest.mark.parametrize("box", [(0.5, 0.5, 0.5, 0.9), (-0.1, 0, 1, 1), (0, 0, 1.2, 1), (0.9, 0.9, 0.1, 0.1)])
@@ -119,15 +120,15 @@ def test_bad_boxes(box):
 
 @pytest.mark.parametrize("labels", [[3, 7], (3, 7), torch.tensor([3, 7]), np.array([3, 7]),
                                     [np.int64(3), torch.tensor(7)], ["3", " 7 "], "3,7"])
-def test_label_forms_give_the_same_ids(ref_var, labels):
+def test_label_forms_give_the_same_ids(tiny_var, labels):
     from nextscale.inference_options import as_label_tensor
-    assert as_label_tensor(labels, ref_var, "cpu").tolist() == [3, 7]
+    assert as_label_tensor(labels, tiny_var, "cpu").tolist() == [3, 7]
 
 
 @pytest.mark.parametrize("labels, message", [
     (torch.tensor([1.5]), "integers"), ([2.0], "an id"), (["cat"], "this model has no class names"),
     ([True], "an id"), (["-1"], "outside"),
 ])
-def test_bad_label_forms(ref_var, labels, message):
+def test_bad_label_forms(tiny_var, labels, message):
     with pytest.raises(ValueError, match=message):
-        nextscale.sample(ref_var, labels, seed=0, cfg=1.0, top_k=10, top_p=0.0)
+        nextscale.sample(tiny_var, labels, seed=0, cfg=1.0, top_k=10, top_p=0.0)

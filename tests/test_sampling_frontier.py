@@ -25,12 +25,8 @@ def test_options_mean_the_same_last_scales_on_both_models():
     assert by_key["default"].settings(10) == {}
 
 
+@pytest.mark.usefixtures("fashion_mnist")  # the quality part needs the Fashion-MNIST files
 def test_quick_run_writes_table_json_and_plot(tmp_path, capsys):
-    from nextscale.data.fashion_mnist import load_fashion_mnist
-    try:
-        load_fashion_mnist("test")
-    except FileNotFoundError as e:
-        pytest.skip(f"the quality part needs the Fashion-MNIST files: {e}")
     torch.set_num_threads(1)
     torch.manual_seed(0)
     ImageClassifier(ClassifierConfig(channels=(8, 16, 32))).eval().save_pretrained(tmp_path / "rejector")

@@ -274,15 +274,11 @@ def test_time_limit_stops_a_job_between_scales(runner):
         stop(server)
 
 
-def test_shipped_test_images_are_fashion_mnist_test_images():
-    from nextscale.data.fashion_mnist import DatasetMissingError, load_fashion_mnist
+def test_shipped_test_images_are_fashion_mnist_test_images(request):
     from nextscale.serve.example_images import load_test_images
     images, labels, indices = load_test_images()
     assert images.shape == (20, 32, 32) and labels == [c for c in range(10) for _ in range(2)]
-    try:
-        test_images, test_labels = load_fashion_mnist("test")
-    except DatasetMissingError as e:
-        pytest.skip(f"Fashion-MNIST not installed: {e}")
+    test_images, test_labels = request.getfixturevalue("fashion_mnist")
     assert np.array_equal(test_images[indices], images) and test_labels[indices].tolist() == labels
 
 

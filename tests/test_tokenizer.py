@@ -46,7 +46,7 @@ def test_cosine_lookup_picks_the_most_similar_code():
     assert q.nearest_codes(z).tolist() == [1, 2]
 
 
-def test_wrong_image_size_is_a_clear_error(ref_vae):
+def test_wrong_image_size_is_a_clear_error(tiny_vae):
     import pytest
     with pytest.raises(ValueError, match=r"expected images of shape \(B, 3, 64, 64\)"):
-        ref_vae.encode_tokens(torch.zeros(1, 3, 32, 32))
+        tiny_vae.encode_tokens(torch.zeros(1, 3, 32, 32))

@@ -20,12 +20,8 @@ def run(*args, cwd):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("fashion_mnist")
 def test_score_rows_are_scored_like_trained_ones_and_nothing_is_trained(tmp_path):
-    try:
-        from nextscale.data.fashion_mnist import load_fashion_mnist
-        load_fashion_mnist("test")
-    except (FileNotFoundError, ValueError) as e:
-        pytest.skip(f"Fashion-MNIST not installed: {e}")
     out = tmp_path / "ablation"
     proc = run("--out", out, "--score", f"shipped={SHIPPED}", "--num-images", 40, "--test-images", 40, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]

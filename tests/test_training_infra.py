@@ -238,11 +238,9 @@ def test_transforms_resize_crop_flip():
     assert ImageTransform(10, train=False, channels=3)(im).shape == (3, 10, 10)
 
 
+@pytest.mark.usefixtures("fashion_mnist")
 def test_fashion_mnist_dataset_channels():
-    try:
-        ds3 = build_dataset(DataConfig(kind="fashion_mnist", channels=3), train=False)
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
+    ds3 = build_dataset(DataConfig(kind="fashion_mnist", channels=3), train=False)
     ds1 = build_dataset(DataConfig(kind="fashion_mnist", channels=1), train=False)
     x3, y3 = ds3[0]
     x1, y1 = ds1[0]
@@ -253,7 +251,7 @@ def test_fashion_mnist_dataset_channels():
 
 
 # ---------------------------------------------------------------------------- data.kind=auto, held-out split
-def test_kind_auto_picks_an_image_folder_or_fashion_mnist(tmp_path):
+def test_kind_auto_picks_an_image_folder_or_fashion_mnist(tmp_path, request):
     from nextscale.data.datasets import FashionMNISTDataset
     _write_images(tmp_path / "imgs", ["cat/a.png", "dog/b.png"])
     assert DataConfig().kind == "auto"
@@ -269,10 +267,8 @@ def test_kind_auto_picks_an_image_folder_or_fashion_mnist(tmp_path):
         build_dataset(DataConfig(kind="fashion_mnist", path=str(tmp_path / "imgs")), train=True)
     with pytest.raises(ValueError, match="data.kind must be auto, fashion_mnist or image_folder"):
         build_dataset(DataConfig(kind="folder", path=str(tmp_path / "imgs")), train=True)
-    try:
-        fm = build_dataset(DataConfig(max_images=100), train=False)
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
+    request.getfixturevalue("fashion_mnist")
+    fm = build_dataset(DataConfig(max_images=100), train=False)
     assert isinstance(fm, FashionMNISTDataset) and len(fm) == 100 and len(set(fm.labels)) == 10
 
 
