@@ -14,6 +14,7 @@ import torch
 
 import nextscale
 from nextscale.evaluation.classifier import ClassifierConfig, ImageClassifier
+from nextscale.images import to_model_input
 from nextscale.rejection import ClassScorer, candidate_plan, candidates_for, class_scorer, inception_class_map
 from nextscale.inference_options import seeded_generators
 from nextscale.sampling import GuidanceSchedule, generate_tokens, parse_guidance
@@ -139,6 +140,25 @@ def test_edit_with_truncated_guidance_over_every_scale_is_the_default(name, tiny
     if c["label"] != tiny_var.num_classes:  # unconditional in-painting: both halves are the null class anyway
         assert not torch.equal(nextscale.edit(tiny_var, image01, keep, guidance="truncated:1", **kwargs).images,
                                default.images)
+
+
+def test_edit_takes_the_precisions_of_sample(tiny_var):
+    """edit(precision=...) as sample: float32 is the default exactly; int8 and bfloat16 run the quantized copy /
+    autocast and keep every token the mask keeps."""
+    c = EDITS["class_edit_box_label5"]
+    keep = nextscale.inpaint_keep_mask(c["box_y0x0y1x1"], 4)
+    image01 = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    kwargs = dict(labels=c["label"], seed=c["g_seed"], cfg=c["cfg"], top_k=c["top_k"], top_p=c["top_p"])
+    default = nextscale.edit(tiny_var, image01, keep, **kwargs)
+    assert_same(nextscale.edit(tiny_var, image01, keep, precision="float32", **kwargs), default)
+    known = tiny_var.tokenizer.encode_tokens(to_model_input(image01, tiny_var.tokenizer.resolution).mul(2).sub(1))
+    for precision in ("int8", "bfloat16"):
+        out = nextscale.edit(tiny_var, image01, keep, precision=precision, **kwargs)
+        assert out.images.dtype == torch.float32 and out.images.shape == default.images.shape
+        kept = keep.bool()
+        assert torch.equal(out.tokens[-1].view(2, 4, 4)[:, kept], known[-1].view(2, 4, 4)[:, kept])
+    with pytest.raises(ValueError, match="precision must be one of"):
+        nextscale.edit(tiny_var, image01, keep, precision="float8", **kwargs)
 
 
 # ---------------------------------------------------------------------------------------- collaborative decoding
