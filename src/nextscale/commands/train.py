@@ -28,7 +28,7 @@ Held-out loss and token accuracy are logged every eval_every steps and plotted i
 
 
 def config_keys_help() -> str:
-    """Every config key with its default, from the config dataclasses (documented in var_trainer.py)."""
+    """Every config key with its default, from the config dataclasses (documented in training/var_config.py)."""
     import dataclasses
     import textwrap
 
@@ -44,7 +44,7 @@ def config_keys_help() -> str:
 
     body = textwrap.fill("  ".join(walk(TrainConfig())), width=100, initial_indent="  ", subsequent_indent="  ",
                          break_on_hyphens=False)
-    return "config keys and their defaults (see src/nextscale/training/var_trainer.py for what each means):\n" + body
+    return "config keys and their defaults (see src/nextscale/training/var_config.py for what each means):\n" + body
 
 
 def add_parser(subparsers) -> None:
