@@ -25,8 +25,8 @@ def check_inputs(config: TrainConfig, vae, labels: np.ndarray, num_items: int, n
                                   f"copies: rebuild it with `nextscale tokenize --flip` or set data.hflip=false")
     else:
         if config.data.resolution != vae.resolution or config.data.channels != vae.config.image_channels:
-            raise ConfigError(f"the data gives {config.data.channels}-channel {config.data.resolution}px images but the "
-                              f"tokenizer takes {vae.config.image_channels}-channel {vae.resolution}px ones: set "
+            raise ConfigError(f"the data gives {config.data.channels}-channel {config.data.resolution}px images but "
+                              f"the tokenizer takes {vae.config.image_channels}-channel {vae.resolution}px ones: set "
                               f"data.resolution={vae.resolution} data.channels={vae.config.image_channels}")
     bad = labels[(labels < 0) | (labels >= num_classes)]
     if bad.size:
@@ -39,8 +39,8 @@ def check_inputs(config: TrainConfig, vae, labels: np.ndarray, num_items: int, n
         raise ConfigError(f"micro_batch {micro} does not divide the per-process batch "
                           f"{config.global_batch // world_size} (global_batch / processes)")
     if num_items < config.global_batch:
-        raise ConfigError(f"the dataset has {num_items} images, fewer than one global batch ({config.global_batch}): "
-                          f"lower global_batch")
+        raise ConfigError(f"the dataset has {num_items} images, fewer than one global batch "
+                          f"({config.global_batch}): lower global_batch")
     if config.precision not in PRECISIONS:
         raise ConfigError(f"precision must be float32, bfloat16 or float16, got {config.precision!r}")
     if config.parallel not in ("ddp", "fsdp"):

@@ -30,9 +30,10 @@ def load_tokenizer(path: str | None, patch_nums=None):
 
 def build_model(model_config: ModelConfig, vae, num_classes: int):
     """A freshly initialized transformer (VAR or the raster baseline) that fits the tokenizer."""
-    common = dict(depth=model_config.depth, embed_dim=model_config.embed_dim, num_heads=model_config.num_heads, num_classes=num_classes,
-                  vocab_size=vae.vocab_size, attn_l2_norm=model_config.attn_l2_norm, mlp_ratio=model_config.mlp_ratio,
-                  drop_path_rate=model_config.drop_path_rate, class_drop_prob=model_config.class_drop_prob)
+    common = dict(depth=model_config.depth, embed_dim=model_config.embed_dim, num_heads=model_config.num_heads,
+                  num_classes=num_classes, vocab_size=vae.vocab_size, attn_l2_norm=model_config.attn_l2_norm,
+                  mlp_ratio=model_config.mlp_ratio, drop_path_rate=model_config.drop_path_rate,
+                  class_drop_prob=model_config.class_drop_prob)
     if model_config.kind == "var":
         from nextscale.transformer.var import VAR, VARConfig
         model = VAR(VARConfig(**common, vae_channels=vae.latent_channels, patch_nums=vae.patch_nums,
