@@ -49,9 +49,9 @@ from nextscale.training.tokenizer_config import (CodebookConfig, LossConfig, Opt
                                                  TokenizerTrainConfig)
 
 
-def lr_at(step: int, optim: OptimConfig, total_steps: int) -> float:
-    """Linear warmup, then cosine decay to lr * min_lr_ratio."""
-    return warmup_then_cosine(step, optim.lr, optim.warmup_steps, total_steps, optim.min_lr_ratio)
+def lr_at(step: int, cfg: OptimConfig, total_steps: int) -> float:
+    """Linear warmup, then cosine decay to lr * min_lr_ratio (`cfg`: the optim section)."""
+    return warmup_then_cosine(step, cfg.lr, cfg.warmup_steps, total_steps, cfg.min_lr_ratio)
 
 
 @torch.no_grad()
@@ -99,13 +99,14 @@ def _infinite_batches(loader: DataLoader, sampler: _ResumableSampler, batch_size
 
 
 # ---------------------------------------------------------------------------- training
-def train_tokenizer(config: TokenizerTrainConfig) -> dict:
-    """Train (or resume) as configured; returns a summary: step, minutes, usage_per_scale, eval_psnr (rank 0,
-    when held-out images exist), and the trained modules `vae` and `discriminator` (None without the GAN)."""
-    check_ranges(config)  # every value (model, data, loss, ... sections too) in its range before any work
-    common.set_threads(config.threads)
-    info = D.init_distributed(config.device)
-    return _TokenizerTrainer(config, info).run()
+def train_tokenizer(cfg: TokenizerTrainConfig) -> dict:
+    """Train (or resume) as `cfg` (the config; its public name) says; returns a summary: step, minutes,
+    usage_per_scale, eval_psnr (rank 0, when held-out images exist), and the trained modules `vae` and
+    `discriminator` (None without the GAN)."""
+    check_ranges(cfg)  # every value (model, data, loss, ... sections too) in its range before any work
+    common.set_threads(cfg.threads)
+    info = D.init_distributed(cfg.device)
+    return _TokenizerTrainer(cfg, info).run()
 
 
 class _TokenizerTrainer:
