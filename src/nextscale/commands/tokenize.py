@@ -51,26 +51,29 @@ def run(args) -> int:
     from nextscale.data.datasets import build_dataset
     from nextscale.training.token_cache import build_token_cache, token_dtype
     from nextscale.config_schema import config_to_dict
-    from nextscale.training.var_trainer import config_from, load_tokenizer
+    from nextscale.training.var_config import config_from
+    from nextscale.training.var_model import load_tokenizer
     check_number("--batch-size", args.batch_size, 1, MAX_BATCH, integer=True)
     config, overrides = split_config_and_overrides(args)
-    cfg = config_from(config, overrides) if config else config_from({}, overrides)
-    out_path = args.out or cfg.token_cache
+    train_config = config_from(config, overrides) if config else config_from({}, overrides)
+    out_path = args.out or train_config.token_cache
     if not out_path:
         raise UserError("no cache folder given: pass --out FOLDER or set token_cache=FOLDER (in the config or as "
                         "key=value)")
     device = resolve_device(args.device)
-    vae = load_tokenizer(cfg.tokenizer, cfg.model.patch_nums)
-    if cfg.data.resolution != vae.resolution or cfg.data.channels != vae.config.image_channels:
-        raise UserError(f"the data gives {cfg.data.channels}-channel {cfg.data.resolution}px images but the tokenizer "
-                        f"takes {vae.config.image_channels}-channel {vae.resolution}px ones: set "
+    vae = load_tokenizer(train_config.tokenizer, train_config.model.patch_nums)
+    data_config = train_config.data
+    if data_config.resolution != vae.resolution or data_config.channels != vae.config.image_channels:
+        raise UserError(f"the data gives {data_config.channels}-channel {data_config.resolution}px images but the "
+                        f"tokenizer takes {vae.config.image_channels}-channel {vae.resolution}px ones: set "
                         f"data.resolution={vae.resolution} data.channels={vae.config.image_channels}")
-    dataset = build_dataset(cfg.data, train=False, split=args.split)
+    dataset = build_dataset(data_config, train=False, split=args.split)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=False,
-                                         num_workers=cfg.data.num_workers)
-    flip = cfg.data.hflip if args.flip is None else args.flip
-    source = f"{cfg.data.resolved_kind()}:{Path(cfg.data.path).resolve() if cfg.data.path else 'default'}:{args.split}"
-    data = {"split": args.split, **config_to_dict(cfg.data)}
+                                         num_workers=data_config.num_workers)
+    flip = data_config.hflip if args.flip is None else args.flip
+    folder = Path(data_config.path).resolve() if data_config.path else "default"
+    source = f"{data_config.resolved_kind()}:{folder}:{args.split}"
+    data = {"split": args.split, **config_to_dict(data_config)}
     if Path(out_path).exists() and not args.overwrite:
         reason = _why_not_up_to_date(Path(out_path), vae, source, flip, len(dataset), data)
         if reason is None:

@@ -28,15 +28,15 @@ Held-out loss and token accuracy are logged every eval_every steps and plotted i
 
 
 def config_keys_help() -> str:
-    """Every config key with its default, from the config dataclasses (documented in var_trainer.py)."""
+    """Every config key with its default, from the config dataclasses (documented in training/var_config.py)."""
     import dataclasses
     import textwrap
 
-    from nextscale.training.var_trainer import TrainConfig
+    from nextscale.training.var_config import TrainConfig
 
-    def walk(cfg, prefix=""):
-        for f in dataclasses.fields(cfg):
-            value = getattr(cfg, f.name)
+    def walk(section, prefix=""):
+        for f in dataclasses.fields(section):
+            value = getattr(section, f.name)
             if dataclasses.is_dataclass(value):
                 yield from walk(value, prefix + f.name + ".")
             else:
@@ -44,7 +44,7 @@ def config_keys_help() -> str:
 
     body = textwrap.fill("  ".join(walk(TrainConfig())), width=100, initial_indent="  ", subsequent_indent="  ",
                          break_on_hyphens=False)
-    return "config keys and their defaults (see src/nextscale/training/var_trainer.py for what each means):\n" + body
+    return "config keys and their defaults (see src/nextscale/training/var_config.py for what each means):\n" + body
 
 
 def add_parser(subparsers) -> None:
@@ -73,12 +73,12 @@ def run(args) -> int:
     from nextscale.config_schema import config_to_dict
     from nextscale.training.var_trainer import config_from, train
     config, overrides = split_config_and_overrides(args)
-    cfg = config_from(config, overrides) if config else config_from({}, overrides)
+    train_config = config_from(config, overrides) if config else config_from({}, overrides)
     if args.print_config:
         import yaml
-        print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None), end="")
+        print(yaml.safe_dump(config_to_dict(train_config), sort_keys=False, default_flow_style=None), end="")
         return 0
-    summary = train(cfg)
+    summary = train(train_config)
     if summary.get("stopped_by_signal"):
         return 128 + summary["stopped_by_signal"]
     if summary["rank"] == 0:

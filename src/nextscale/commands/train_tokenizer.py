@@ -44,19 +44,20 @@ def run(args) -> int:
     from nextscale.commands.train import split_config_and_overrides
     from nextscale.config_schema import config_to_dict
     from nextscale.training.config import load_config
-    from nextscale.training.tokenizer_trainer import TokenizerTrainConfig, train_tokenizer
+    from nextscale.training.tokenizer_config import TokenizerTrainConfig
+    from nextscale.training.tokenizer_trainer import train_tokenizer
     config, overrides = split_config_and_overrides(args)
-    cfg = load_config(TokenizerTrainConfig, config, overrides)
+    train_config = load_config(TokenizerTrainConfig, config, overrides)
     if args.print_config:
         import yaml
-        print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None), end="")
+        print(yaml.safe_dump(config_to_dict(train_config), sort_keys=False, default_flow_style=None), end="")
         return 0
-    summary = train_tokenizer(cfg)
+    summary = train_tokenizer(train_config)
     from nextscale.training.distributed import cleanup_distributed, is_main_process
     if is_main_process():
         usage = ", ".join(f"{u:.0%}" for u in summary["usage_per_scale"])
         psnr = f", held-out PSNR {summary['eval_psnr']:.2f} dB" if "eval_psnr" in summary else ""
         print(f"trained to step {summary['step']} in {summary['minutes']:.1f} min{psnr}; codebook usage per scale: "
-              f"{usage}; tokenizer exported to {cfg.out_dir}/model")
+              f"{usage}; tokenizer exported to {train_config.out_dir}/model")
     cleanup_distributed()
     return 0

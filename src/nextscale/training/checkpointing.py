@@ -4,7 +4,7 @@ Usage:
 
     ckpts = CheckpointManager("runs/x/checkpoints", keep_last=3)
     ckpts.save(step, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                      "rng": capture_rng_state({"data": data_generator})}, config=cfg)
+                      "rng": capture_rng_state({"data": data_generator})}, config=config)
     # -> runs/x/checkpoints/step_00001000.pt and step_00001000.yaml (the resolved config)
 
     ckpts.remove_stale_temp_files()             # at start: the leftovers of writes a kill interrupted

@@ -13,9 +13,9 @@ Usage:
         steps: int = 1000
         optim: OptimConfig = field(default_factory=OptimConfig)
 
-    cfg = load_config(TrainConfig, "configs/x.yaml", ["steps=10", "optim.lr=3e-4", "optim.betas=[0.9,0.99]"])
-    save_config(cfg, "runs/x/config.yaml")      # the resolved config, reloadable with load_config
-    config_to_dict(cfg)                          # plain dict (tuples become lists), e.g. for a checkpoint
+    config = load_config(TrainConfig, "configs/x.yaml", ["steps=10", "optim.lr=3e-4", "optim.betas=[0.9,0.99]"])
+    save_config(config, "runs/x/config.yaml")   # the resolved config, reloadable with load_config
+    config_to_dict(config)                       # plain dict (tuples become lists), e.g. for a checkpoint
 
 Override values are parsed as YAML (`steps=10` is an int, `name=null` is None, `a=[1,2]` a list;
 `patch_nums=1,2,3` is also accepted for tuple/list fields). Unknown keys and values of the wrong
@@ -31,7 +31,7 @@ with Fashion-MNIST). Only command-line overrides are checked: a recipe may hold 
 Value ranges: every numeric field of a training config has a `Range` in its dataclass's table,
   RANGES = {"steps": AT_LEAST_1, "eval_every": off_at_zero("never"), "optim.lr"...: POSITIVE, ...}
 (the `Range` vocabulary and the checks live in nextscale.config_schema, shared with the model configs). The trainers
-call `check_ranges(cfg)` before any work: every value out of range is named in one ConfigError
+call `check_ranges(config)` before any work: every value out of range is named in one ConfigError
 ("steps must be at least 1, got -5; optim.lr must be greater than 0, got nan"); NaN and inf are
 refused for every float. A test walks the trainers' config dataclasses, so a new numeric field
 without a range fails it.
@@ -49,10 +49,10 @@ import yaml
 from nextscale.config_schema import ConfigError, config_to_dict, from_dict, merge
 
 
-def save_config(cfg, path: str | os.PathLike) -> None:
+def save_config(config, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML (atomically: temp file, then rename)."""
     from nextscale.files import atomic_write_bytes
-    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
+    text = yaml.safe_dump(config_to_dict(config), sort_keys=False, default_flow_style=None)
     atomic_write_bytes(path, text.encode())
 
 
@@ -92,17 +92,17 @@ def load_config(cls, path: str | os.PathLike | None = None, overrides: Sequence[
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping of keys to values, got {type(data).__name__}")
     data = merge(data, parse_overrides(overrides))
-    cfg = from_dict(cls, data)
-    check_overrides_take_effect(cfg, overrides)
-    return cfg
+    config = from_dict(cls, data)
+    check_overrides_take_effect(config, overrides)
+    return config
 
 
-def check_overrides_take_effect(cfg, overrides: Sequence[str]) -> None:
+def check_overrides_take_effect(config, overrides: Sequence[str]) -> None:
     """Refuse (ConfigError, with the reason and the fix) an override that the resolved config ignores."""
     for item in overrides:
         key = item.partition("=")[0].strip()
         *parents, name = key.split(".")
-        section, prefix = cfg, ""
+        section, prefix = config, ""
         for part in parents:
             section = getattr(section, part, None)
             prefix += part + "."

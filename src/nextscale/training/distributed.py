@@ -5,7 +5,7 @@ Usage:
     dist_info = init_distributed()              # reads RANK/WORLD_SIZE/LOCAL_RANK set by torchrun
     device = dist_info.device                   # cuda:LOCAL_RANK on GPU machines, else cpu
     model = wrap_ddp(model.to(device), dist_info)       # no-op in a single process
-    sampler = make_sampler(dataset, shuffle=True, seed=cfg.seed)    # also in a single process
+    sampler = make_sampler(dataset, shuffle=True, seed=config.seed)    # also in a single process
     loader = DataLoader(dataset, batch_size=per_rank_batch, sampler=sampler, drop_last=True)
     for epoch in ...:
         sampler.set_epoch(epoch)                # a new, seeded order every epoch, the same on all ranks

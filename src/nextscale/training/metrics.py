@@ -4,7 +4,7 @@ Usage:
 
     drop_records_after("runs/x/metrics.jsonl", resumed_step)       # on resume (rank 0), before the logger opens
     metrics = MetricsLogger("runs/x", enabled=is_main_process())   # writes runs/x/metrics.jsonl
-    bar = progress_bar(total=cfg.steps, initial=start_step, desc="train", enabled=is_main_process())
+    bar = progress_bar(total=config.steps, initial=start_step, desc="train", enabled=is_main_process())
     for step in ...:
         metrics.log(step, loss=loss.item(), lr=lr)        # one JSON object per line: {"step": .., "loss": ..}
         bar.set_postfix(loss=f"{loss.item():.4f}"); bar.update(1)

@@ -1,12 +1,18 @@
-"""Optimizer and learning-rate schedule of VAR training (spec §5).
+"""Optimizers and learning-rate schedules of both trainers.
 
-AdamW with betas (0.9, 0.95); no weight decay on biases, norms, and the position, level and start
+VAR training (spec §5): AdamW with betas (0.9, 0.95); no weight decay on biases, norms, and the position, level and start
 embeddings, the attention log-scales and the shared-AdaLN offsets. The peak learning rate is
 optim.lr when set (absolute, as in train-tokenizer), else base_lr * global_batch / 256 (`scaled_lr`);
 it is warmed up linearly, then decayed linearly.
+
+Tokenizer training: one AdamW group over every parameter (and the discriminator's), the rate set every step
+by `warmup_then_cosine` (linear warmup, cosine decay to optim.min_lr_ratio). The two schedules stay different: each
+trainer's recipes and checkpoints (the VAR scheduler's state) rely on its own.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -49,6 +55,11 @@ def build_adamw(model: torch.nn.Module, lr: float, weight_decay: float, betas=(0
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, **kwargs)
 
 
+def build_plain_adamw(params, lr: float, betas, weight_decay: float) -> torch.optim.AdamW:
+    """One AdamW group, the same weight decay for every parameter (the tokenizer and its discriminator)."""
+    return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+
+
 def warmup_then_linear_decay(step: int, warmup_steps: int, total_steps: int, warmup_start: float = 0.005,
                              final: float = 0.0) -> float:
     """Multiplier of the peak lr at optimizer step `step` (0-based).
@@ -66,3 +77,12 @@ def build_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int, total_s
                     warmup_start: float = 0.005, final: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup_then_linear_decay(step, warmup_steps, total_steps, warmup_start, final))
+
+
+def warmup_then_cosine(step: int, lr: float, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
+    """The learning rate of tokenizer training at step `step` (0-based): linear warmup from lr / warmup_steps to
+    lr, then cosine decay to lr * min_lr_ratio at `total_steps`."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
