@@ -17,7 +17,7 @@ float32|bfloat16|float16, optim.lr (absolute peak lr), resume auto|never|PATH, e
 log_every); precision, resume, the run folder and the model-folder export are the shared ones of `common`.
 
 Outputs in `out_dir`: config.yaml, metrics.jsonl, checkpoints/step_N.pt (+ .yaml; resumable),
-model/ (the inference format: `nextscale.load_vae(out_dir)` or `VQVAE.from_pretrained(out_dir/model)`),
+model/ (the inference format: `nextscale.load_vae(out_dir)` or `nextscale.load_vae(out_dir / "model")`),
 curves.png. Runs of older versions wrote export/ instead of model/; both are read.
 """
 

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from nextscale.config_schema import ConfigError
+from nextscale.registry import MODEL_TYPES
 from nextscale.training.checkpointing import CheckpointManager, load_checkpoint
 from nextscale.training.common import CHECKPOINT_SUBDIR, export_model
 from nextscale.training.token_cache import tokenizer_identity
@@ -54,12 +55,7 @@ def checkpoint_to_model(path: str | os.PathLike, tokenizer: str | None = None):
     ident = tokenizer_identity(vae)
     if (ident["config_hash"], ident["weights_hash"]) != (state["tokenizer"]["config_hash"], state["tokenizer"]["weights_hash"]):
         raise ConfigError(f"the tokenizer {tok_path} is not the one {path} was trained with")
-    if state.get("model_kind", "var") == "raster_ar":
-        from nextscale.baseline.raster_ar import RasterAR, RasterARConfig
-        model = RasterAR(RasterARConfig.from_dict(state["model_config"]))
-    else:
-        from nextscale.transformer.var import VAR, VARConfig
-        model = VAR(VARConfig.from_dict(state["model_config"]))
+    model = MODEL_TYPES[state.get("model_kind", "var")].build(state["model_config"])
     model.load_state_dict(state["model"])
     model.attach_tokenizer(vae)
     # Read by `nextscale sample`: class names, and the sampling settings the run's sample grids used.

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from nextscale.config_schema import ConfigError
+from nextscale.registry import MODEL_TYPES
 from nextscale.training.token_cache import split_scales
 from nextscale.training.var_config import ModelConfig
 
@@ -34,17 +35,16 @@ def build_model(model_config: ModelConfig, vae, num_classes: int):
                   num_classes=num_classes, vocab_size=vae.vocab_size, attn_l2_norm=model_config.attn_l2_norm,
                   mlp_ratio=model_config.mlp_ratio, drop_path_rate=model_config.drop_path_rate,
                   class_drop_prob=model_config.class_drop_prob)
-    if model_config.kind == "var":
-        from nextscale.transformer.var import VAR, VARConfig
-        model = VAR(VARConfig(**common, vae_channels=vae.latent_channels, patch_nums=vae.patch_nums,
-                              shared_adaln=model_config.shared_adaln))
-        model.init_weights(model_config.init_adaln_gamma, model_config.init_head_scale)
-    elif model_config.kind == "raster_ar":
-        from nextscale.baseline.raster_ar import RasterAR, RasterARConfig
-        model = RasterAR(RasterARConfig(**common, seq_len=sum(p * p for p in vae.patch_nums)))
-        model.init_weights(model_config.init_adaln_gamma or 1e-3, model_config.init_head_scale)
-    else:
-        raise ConfigError(f"model.kind must be 'var' or 'raster_ar', got {model_config.kind!r}")
+    # What each trainable kind of registry.MODEL_TYPES takes from the tokenizer, and its AdaLN init default.
+    fitted = {"var": (dict(vae_channels=vae.latent_channels, patch_nums=vae.patch_nums,
+                           shared_adaln=model_config.shared_adaln), model_config.init_adaln_gamma),
+              "raster_ar": (dict(seq_len=sum(p * p for p in vae.patch_nums)), model_config.init_adaln_gamma or 1e-3)}
+    if model_config.kind not in fitted:
+        raise ConfigError(f"model.kind must be one of {', '.join(fitted)}, got {model_config.kind!r}")
+    extra, adaln_gamma = fitted[model_config.kind]
+    kind = MODEL_TYPES[model_config.kind]
+    model = kind.build(kind.config_class(**common, **extra))
+    model.init_weights(adaln_gamma, model_config.init_head_scale)
     if model_config.init_from:
         _load_initial_weights(model, model_config.init_from, vae)
     model.attach_tokenizer(vae)
