@@ -5,9 +5,8 @@
 #
 # 1. tokenizer, phase 1: configs/tokenizer_fashion_mnist.yaml (L2 + codebook loss, paused at step 1500)
 # 2. tokenizer, phase 2: configs/tokenizer_fashion_mnist_phase2.yaml (continues phase 1 with its losses)
-# 3. tokenizer, phase 3: configs/tokenizer_fashion_mnist_phase3.yaml (continues phase 2 with the perceptual term)
-# 4. token cache of the 60k training images
-# 5. the transformer (configs/var_fashion_mnist.yaml) and, at the same time on the other core, the raster-AR
+# 3. token cache of the 60k training images
+# 4. the transformer (configs/var_fashion_mnist.yaml) and, at the same time on the other core, the raster-AR
 #    baseline of the README's comparison (same tokenizer, cache, size, steps and schedule)
 # Times on the 2-core machine that made the shipped model are in src/nextscale/assets/fashion_mnist_var/TRAINING.md.
 # Every step resumes when the script is run again (a finished step trains nothing more).
@@ -35,9 +34,7 @@ timed() {  # timed NAME COMMAND...: runs it, appends "NAME: M min S s" to $times
 timed "tokenizer phase 1" $NEXTSCALE train-tokenizer configs/tokenizer_fashion_mnist.yaml \
   "out_dir=$RUNS/tokenizer_phase1" "${tokenizer_args[@]}"
 timed "tokenizer phase 2" $NEXTSCALE train-tokenizer configs/tokenizer_fashion_mnist_phase2.yaml \
-  "init_from=$RUNS/tokenizer_phase1" "out_dir=$RUNS/tokenizer_phase2" "${tokenizer_args[@]}"
-timed "tokenizer phase 3" $NEXTSCALE train-tokenizer configs/tokenizer_fashion_mnist_phase3.yaml \
-  "init_from=$RUNS/tokenizer_phase2" "out_dir=$RUNS/tokenizer" "${tokenizer_args[@]}"
+  "init_from=$RUNS/tokenizer_phase1" "out_dir=$RUNS/tokenizer" "${tokenizer_args[@]}"
 timed "token cache" $NEXTSCALE tokenize configs/var_fashion_mnist.yaml "tokenizer=$RUNS/tokenizer" \
   --out "$RUNS/cache" "${tokenize_args[@]}"
 # One core each, as the shipped model and its baseline were trained.
