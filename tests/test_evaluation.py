@@ -126,7 +126,7 @@ def test_shipped_classifier_is_small_and_classifies_test_images(request):
     model = nextscale.load_classifier()
     assert model.config.metrics["test_accuracy"] >= 0.9
     images, labels = request.getfixturevalue("fashion_mnist")
-    x = torch.from_numpy(images[:200]).float().div(255).unsqueeze(1)
+    x = torch.from_numpy(images[:200].copy()).float().div(255).unsqueeze(1)
     with torch.no_grad():
         features, logits = model.features_and_logits(x)
         logits_rgb = model(x.repeat(1, 3, 1, 1))
