@@ -30,7 +30,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -42,6 +41,7 @@ import numpy as np
 import torch
 
 import nextscale
+from bench import processor_name
 
 
 @dataclass
@@ -76,16 +76,6 @@ OPTIONS = [
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def processor_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def sample_kwargs(option: Option, K: int, refiner, rejector) -> dict:

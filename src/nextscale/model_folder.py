@@ -295,17 +295,22 @@ def check_model_config(meta, config_path: str | os.PathLike, config_classes: Map
     return checked
 
 
+def read_json(path: Path, remedy: str):
+    """The parsed JSON of `path`; a file that is not UTF-8 text or not valid JSON is a CheckpointError naming it
+    (`remedy`: what the user should do, e.g. "write the model folder again")."""
+    try:
+        return json.loads(path.read_text())
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{path} is not a text (JSON) file ({e.reason}); {remedy}") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+
+
 def read_config(folder: Path, config_classes: Mapping[str, type], expected_kind: str | None = None
                 ) -> tuple[dict, dict]:
     """(config.json as parsed, its checked "config" values) of a model folder."""
     config_path = folder / CONFIG_NAME
-    try:
-        meta = json.loads(config_path.read_text())
-    except UnicodeDecodeError as e:
-        raise CheckpointError(f"{config_path} is not a text (JSON) file ({e.reason}); write the model folder "
-                              f"again") from None
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{config_path} is not valid JSON: {e}") from None
+    meta = read_json(config_path, "write the model folder again")
     return meta, check_model_config(meta, config_path, config_classes, expected_kind)
 
 

@@ -272,20 +272,14 @@ def load_classifier(path: str | os.PathLike | None = None, device: torch.device 
     config.json is checked first (check_classifier_config), then the weights are read and their names and shapes
     compared with the model's, built on the meta device, before any memory is given to it: a bad file is one
     CheckpointError naming it."""
-    from nextscale.model_folder import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, read_state_dict
+    from nextscale.model_folder import CONFIG_NAME, WEIGHTS_NAME, read_json, read_state_dict
     folder = Path(path) if path is not None else shipped_classifier_path()
     config_file, weights_file = folder / CONFIG_NAME, folder / WEIGHTS_NAME
     if not config_file.is_file() or not weights_file.is_file():
         where = "this installation of nextscale (reinstall it)" if path is None else str(folder)
         raise FileNotFoundError(f"no classifier in {where}: expected config.json and model.safetensors "
                                 f"(train one with `nextscale train-classifier --data FOLDER`)")
-    try:
-        meta = json.loads(config_file.read_text())
-    except UnicodeDecodeError as e:
-        raise CheckpointError(f"{config_file} is not a text (JSON) file ({e.reason}); train the classifier "
-                              f"again") from None
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{config_file} is not valid JSON: {e}") from None
+    meta = read_json(config_file, "train the classifier again")
     config = check_classifier_config(meta, config_file)
     state = read_state_dict(weights_file)
     with torch.device("meta"):
