@@ -56,3 +56,16 @@ def test_quick_run_writes_table_json_and_plot(tmp_path, capsys):
     table = (out / "table.md").read_text()
     assert "| **default: linear ramp, float32 (exact)** |" in table and "rejection, keep 0.5" in table
     assert table in capsys.readouterr().out
+
+
+def test_the_readme_speed_rerun_times_only_the_named_options(tmp_path):
+    """The README's second run (`--skip quality --only truncated-2,bfloat16,truncated-2+bfloat16`): var-d16 timings
+    of the default and those options, no Fashion-MNIST sampling, no plot."""
+    out = tmp_path / "speed"
+    assert sampling_frontier.main(["--quick", "--skip", "quality", "--threads", "1", "--out", str(out),
+                                   "--only", "truncated-2,bfloat16,truncated-2+bfloat16"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert "fashion_mnist" not in results and "plot" not in results
+    speed = {r["key"]: r for r in results["var_d16"]["rows"]}
+    assert list(speed) == ["default", "truncated-2", "bfloat16", "truncated-2+bfloat16"]
+    assert speed["default"]["speedup"] == 1.0 and all(r["seconds_per_image"] > 0 for r in speed.values())
