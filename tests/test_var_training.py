@@ -16,12 +16,14 @@ import torch
 from PIL import Image
 
 import nextscale
+from nextscale.config_schema import ConfigError
 from nextscale.model_folder import CheckpointError
 from nextscale.training.checkpointing import CheckpointManager, load_checkpoint
-from nextscale.config_schema import ConfigError
 from nextscale.training.metrics import read_jsonl
 from nextscale.training.optim import build_adamw, param_groups, scaled_lr, warmup_then_linear_decay
 from nextscale.training.token_cache import TokenCache, TokenCacheError, build_token_cache, iterate_array_batches
+from nextscale.training.var_config import ModelConfig
+from nextscale.training.var_model import build_model, load_tokenizer
 from nextscale.training.var_trainer import DataOrder, export_checkpoint, train
 
 TOKENIZER = dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, z_channels=8, vocab_size=64, patch_nums=(1, 2, 3, 4))
@@ -206,6 +208,23 @@ def test_raster_ar_baseline_trains_with_the_same_loop(workdir, tmp_path):
     torch.testing.assert_close(model.state_dict()["head.weight"], state["model"]["head.weight"])
     with pytest.raises(nextscale.CheckpointError, match="holds a 'raster_ar' model, not a 'var'"):
         nextscale.load_var(tmp_path / "model")
+
+
+def test_raster_ar_baseline_starts_from_a_trained_baseline(workdir, tmp_path):
+    """model.init_from for the baseline: the second learning-rate cycle of the README's VAR-vs-AR comparison."""
+    cfg = base_config(workdir, tmp_path / "run", model={"kind": "raster_ar"}, export_at_end=True)
+    train(cfg)
+    trained = nextscale.load_raster_ar(tmp_path / "run")
+    vae = load_tokenizer(str(workdir / "tok"))
+    model = build_model(ModelConfig(**MODEL, kind="raster_ar", init_from=str(tmp_path / "run")), vae, num_classes=3)
+    for name, tensor in trained.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], tensor, msg=name)
+    with pytest.raises(ConfigError, match="does not match the model to train.*depth 2 vs 3"):
+        build_model(ModelConfig(**{**MODEL, "depth": 3}, kind="raster_ar", init_from=str(tmp_path / "run")), vae, 3)
+    nextscale.VAR(nextscale.VARConfig(depth=2, embed_dim=64, num_heads=2, num_classes=3, vocab_size=64,
+                                      vae_channels=8, patch_nums=(1, 2, 3, 4))).save_pretrained(tmp_path / "var")
+    with pytest.raises(ConfigError, match="model.init_from.*'var' model, not a 'raster_ar'"):
+        build_model(ModelConfig(**MODEL, kind="raster_ar", init_from=str(tmp_path / "var")), vae, 3)
 
 
 # ============================================================================ multi-process and resume

@@ -52,18 +52,19 @@ def build_model(model_config: ModelConfig, vae, num_classes: int):
 
 
 def _load_initial_weights(model, path: str, vae) -> None:
-    """Fine-tuning: copy the weights of a trained transformer; it must fit the tokenizer and the classes."""
-    from nextscale.checkpoints import load_var
-    if model.model_type != "var":
-        raise ConfigError("model.init_from is only supported for model.kind=var")
+    """Fine-tuning, or a second learning-rate cycle: copy the weights of a trained transformer of the same kind;
+    it must fit the tokenizer and the classes."""
+    from nextscale.checkpoints import load_raster_ar, load_var
+    kind = model.model_type
     try:
-        src = load_var(path, patch_nums=model.patch_nums)
+        src = load_var(path, patch_nums=model.patch_nums) if kind == "var" else load_raster_ar(path)
     except (ValueError, FileNotFoundError) as e:
         raise ConfigError(f"model.init_from: {e}") from None
+    fields = {"var": ("vocab_size", "vae_channels", "patch_nums", "num_classes", "depth", "embed_dim", "num_heads",
+                      "shared_adaln"),
+              "raster_ar": ("vocab_size", "seq_len", "num_classes", "depth", "embed_dim", "num_heads")}[kind]
     sc, mc = src.config, model.config
-    problems = [f"{name} {getattr(sc, name)} vs {getattr(mc, name)}"
-                for name in ("vocab_size", "vae_channels", "patch_nums", "num_classes", "depth", "embed_dim",
-                             "num_heads", "shared_adaln")
+    problems = [f"{name} {getattr(sc, name)} vs {getattr(mc, name)}" for name in fields
                 if getattr(sc, name) != getattr(mc, name)]
     if problems:
         raise ConfigError(f"model.init_from {path} does not match the model to train (checkpoint vs config/tokenizer): "
