@@ -8,6 +8,8 @@
 # 3. token cache of the 60k training images
 # 4. the transformer (configs/var_fashion_mnist.yaml) and, at the same time on the other core, the raster-AR
 #    baseline of the README's comparison (same tokenizer, cache, size, steps and schedule)
+# 5. the transformer's second learning-rate cycle (configs/var_fashion_mnist_phase2.yaml, from step 4's weights)
+#    and the same for the baseline, side by side again; the shipped model is phase 2's
 # Times on the 2-core machine that made the shipped model are in src/nextscale/assets/fashion_mnist_var/TRAINING.md.
 # Every step resumes when the script is run again (a finished step trains nothing more).
 # TOKENIZER_ARGS, TOKENIZE_ARGS and VAR_ARGS (key=value overrides, space-separated) are added to those steps;
@@ -38,17 +40,26 @@ timed "tokenizer phase 2" $NEXTSCALE train-tokenizer configs/tokenizer_fashion_m
 timed "token cache" $NEXTSCALE tokenize configs/var_fashion_mnist.yaml "tokenizer=$RUNS/tokenizer" \
   --out "$RUNS/cache" "${tokenize_args[@]}"
 # One core each, as the shipped model and its baseline were trained.
-timed "transformer" $NEXTSCALE train configs/var_fashion_mnist.yaml "tokenizer=$RUNS/tokenizer" \
-  "token_cache=$RUNS/cache" "out_dir=$RUNS/var" "${var_args[@]}" &
-var_pid=$!
-timed "raster-AR baseline" $NEXTSCALE train configs/var_fashion_mnist.yaml model.kind=raster_ar \
-  "tokenizer=$RUNS/tokenizer" "token_cache=$RUNS/cache" "out_dir=$RUNS/ar" "${var_args[@]}" &
-ar_pid=$!
-wait $var_pid
-wait $ar_pid
+side_by_side() {  # side_by_side NAME RECIPE VAR_FOLDER AR_FOLDER [STARTING_FROM]: the transformer and the baseline
+  local name=$1 recipe=$2 var_out=$3 ar_out=$4 var_init=() ar_init=()
+  if [ -n "${5:-}" ]; then  # a second cycle: each model goes on from its own first cycle
+    var_init=("model.init_from=$RUNS/$5")
+    ar_init=("model.init_from=$RUNS/$6")
+  fi
+  timed "transformer$name" $NEXTSCALE train "$recipe" "tokenizer=$RUNS/tokenizer" "token_cache=$RUNS/cache" \
+    "out_dir=$RUNS/$var_out" "${var_init[@]}" "${var_args[@]}" &
+  local var_pid=$!
+  timed "raster-AR baseline$name" $NEXTSCALE train "$recipe" model.kind=raster_ar "tokenizer=$RUNS/tokenizer" \
+    "token_cache=$RUNS/cache" "out_dir=$RUNS/$ar_out" "${ar_init[@]}" "${var_args[@]}" &
+  local ar_pid=$!
+  wait $var_pid
+  wait $ar_pid
+}
+side_by_side "" configs/var_fashion_mnist.yaml var ar
+side_by_side " phase 2" configs/var_fashion_mnist_phase2.yaml var_phase2 ar_phase2 var ar
 
 echo
 echo "== times (also in $times)"
 cat "$times"
-echo "the model: $RUNS/var/model (its tokenizer inside); the baseline: $RUNS/ar/model"
-echo "compare them: python benchmarks/fmnist_var_vs_ar.py --var $RUNS/var/model --ar $RUNS/ar/model --cfg 3"
+echo "the model: $RUNS/var_phase2/model (its tokenizer inside); the baseline: $RUNS/ar_phase2/model"
+echo "compare them: python benchmarks/fmnist_var_vs_ar.py --var $RUNS/var_phase2/model --ar $RUNS/ar_phase2/model --cfg 3"

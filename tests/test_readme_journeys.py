@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from own_images import make_shapes_folder
 
@@ -162,9 +163,9 @@ def test_fashion_mnist_recipe_as_the_readme_says(tmp_path):
     commands = [c for c in bash_commands(section("## Training recipes")) if "fashion_mnist" in c
                 and not c.startswith("torchrun")]
     subcommands = [shlex.split(c)[1] for c in commands]
-    assert subcommands[:4] == ["train-tokenizer", "train-tokenizer", "tokenize", "train"], subcommands
+    assert subcommands[:5] == ["train-tokenizer", "train-tokenizer", "tokenize", "train", "train"], subcommands
     work = workspace(tmp_path)
-    for line in commands[:4]:
+    for line in commands[:5]:
         argv = shlex.split(line)[1:]
         run_cli(argv + FMNIST_CI[argv[0]], work)
     assert (work / "runs" / "tokenizer_fmnist" / "model" / "config.json").is_file()
@@ -177,6 +178,10 @@ def test_fashion_mnist_recipe_as_the_readme_says(tmp_path):
     assert inside.keys() == trained.keys() and all(torch.equal(inside[k], trained[k]) for k in inside)
     assert (work / "runs" / "cache_fmnist_train" / "header.json").is_file()
     assert (work / "runs" / "var_fmnist" / "model" / "config.json").is_file()
+    # The transformer's second cycle goes on from the first one's weights.
+    phase2 = work / "runs" / "var_fmnist_phase2"
+    assert yaml.safe_load((phase2 / "config.yaml").read_text())["model"]["init_from"] == "runs/var_fmnist"
+    assert (phase2 / "model" / "config.json").is_file()
 
 
 def python_blocks(text: str) -> list[str]:

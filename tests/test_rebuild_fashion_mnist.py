@@ -1,5 +1,6 @@
 """`make fashion-mnist-model`'s script rebuilds the shipped model's pipeline end to end (every step tiny here):
-both tokenizer phases, the token cache, the transformer and the raster-AR baseline, each step timed."""
+both tokenizer phases, the token cache, both cycles of the transformer and of the raster-AR baseline, each step
+timed."""
 
 import os
 import subprocess
@@ -8,9 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
+KIND = {"var": "var", "ar": "raster_ar"}
 
 
 @pytest.mark.slow
@@ -28,12 +31,19 @@ def test_rebuild_script_runs_every_step_and_times_it(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     steps = [line.split(":")[0] for line in (runs / "times.txt").read_text().splitlines()]
     assert sorted(steps) == sorted(["tokenizer phase 1", "tokenizer phase 2", "token cache", "transformer",
-                                    "raster-AR baseline"]), steps
+                                    "raster-AR baseline", "transformer phase 2", "raster-AR baseline phase 2"]), steps
     assert "init_from: " + str(runs / "tokenizer_phase1") in (runs / "tokenizer" / "config.yaml").read_text()
-    for model in ("var", "ar"):
+    for model in ("var", "ar", "var_phase2", "ar_phase2"):
         assert (runs / model / "model" / "config.json").is_file()
+    # Each second cycle goes on from its own first cycle's weights (and trains them further).
+    for model in ("var", "ar"):
+        recorded = yaml.safe_load((runs / f"{model}_phase2" / "config.yaml").read_text())
+        assert recorded["model"]["init_from"] == str(runs / model) and recorded["model"]["kind"] == KIND[model]
+        first = load_file(runs / model / "model" / "model.safetensors")
+        second = load_file(runs / f"{model}_phase2" / "model" / "model.safetensors")
+        assert first.keys() == second.keys() and not all(torch.equal(first[k], second[k]) for k in first)
     # The transformer carries phase 2's tokenizer, not phase 1's.
-    inside = load_file(runs / "var" / "model" / "tokenizer" / "model.safetensors")
+    inside = load_file(runs / "var_phase2" / "model" / "tokenizer" / "model.safetensors")
     phase2 = load_file(runs / "tokenizer" / "model" / "model.safetensors")
     phase1 = load_file(runs / "tokenizer_phase1" / "model" / "model.safetensors")
     assert inside.keys() == phase2.keys() and all(torch.equal(inside[k], phase2[k]) for k in inside)
