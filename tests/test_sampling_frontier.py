@@ -69,3 +69,18 @@ def test_the_readme_speed_rerun_times_only_the_named_options(tmp_path):
     speed = {r["key"]: r for r in results["var_d16"]["rows"]}
     assert list(speed) == ["default", "truncated-2", "bfloat16", "truncated-2+bfloat16"]
     assert speed["default"]["speedup"] == 1.0 and all(r["seconds_per_image"] > 0 for r in speed.values())
+
+
+@pytest.mark.usefixtures("fashion_mnist")
+def test_quality_only_run_as_the_readme_says(tmp_path):
+    """The README's Fashion-MNIST re-run (`--skip speed`, a given rejecting classifier): no var-d16 timing at all."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    ImageClassifier(ClassifierConfig(channels=(8, 16, 32))).eval().save_pretrained(tmp_path / "rejector")
+    out = tmp_path / "quality"
+    assert sampling_frontier.main(["--quick", "--num-per-class", "1", "--skip", "speed", "--threads", "1",
+                                   "--out", str(out), "--reject-classifier", str(tmp_path / "rejector"),
+                                   "--only", "bfloat16,reject-0.5"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert "var_d16" not in results and Path(results["plot"]).is_file()
+    assert [r["key"] for r in results["fashion_mnist"]["rows"]] == ["default", "bfloat16", "reject-0.5"]
