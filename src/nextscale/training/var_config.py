@@ -37,7 +37,8 @@ class ModelConfig:
     patch_nums: tuple[int, ...] | None = None  # None: the tokenizer's; else the tokenizer is switched to it
     init_adaln_gamma: float | None = None  # None: 1e-3 at depth 16 ... 5e-6 at depth 36
     init_head_scale: float = 0.02
-    init_from: str | None = None  # start from these transformer weights (fine-tuning): a folder or .pth
+    # Start from these weights (fine-tuning, a second learning-rate cycle): a folder or .pth (the baseline: a folder).
+    init_from: str | None = None
 
 
 @dataclass
