@@ -46,12 +46,12 @@ def build_model(model_config: ModelConfig, vae, num_classes: int):
     model = kind.build(kind.config_class(**common, **extra))
     model.init_weights(adaln_gamma, model_config.init_head_scale)
     if model_config.init_from:
-        _load_initial_weights(model, model_config.init_from, vae)
+        _load_initial_weights(model, model_config.init_from)
     model.attach_tokenizer(vae)
     return model
 
 
-def _load_initial_weights(model, path: str, vae) -> None:
+def _load_initial_weights(model, path: str) -> None:
     """Fine-tuning, or a second learning-rate cycle: copy the weights of a trained transformer of the same kind;
     it must fit the tokenizer and the classes."""
     from nextscale.checkpoints import load_raster_ar, load_var
