@@ -29,9 +29,26 @@ timed() {  # timed NAME COMMAND...: runs it, appends "NAME: M min S s" to $times
   local name=$1 start=$SECONDS
   shift
   echo "== $name: $*"
-  "$@"
+  "$@" &  # in the background and waited for, so that a SIGTERM reaches stop_steps at once
+  wait $!
   echo "$name: $(( (SECONDS - start) / 60 )) min $(( (SECONDS - start) % 60 )) s" >> "$times"
 }
+
+# SIGTERM or Ctrl-C: pass it on to the running steps (the trainers save a checkpoint and stop) and wait for them;
+# running the script again resumes every step. Steps are children of this shell, or of side_by_side's subshells.
+stop_steps() {
+  trap - TERM INT
+  local children steps pid
+  children=$(pgrep -P $$ || true)
+  steps=$(for pid in $children; do pgrep -P "$pid" || true; done)
+  kill -TERM $steps $children 2>/dev/null || true
+  for pid in $steps $children; do
+    while kill -0 "$pid" 2>/dev/null; do sleep 1; done
+  done
+  echo "stopped; run the same command again to resume" >&2
+  exit 143
+}
+trap stop_steps TERM INT
 
 timed "tokenizer phase 1" $NEXTSCALE train-tokenizer configs/tokenizer_fashion_mnist.yaml \
   "out_dir=$RUNS/tokenizer_phase1" "${tokenizer_args[@]}"

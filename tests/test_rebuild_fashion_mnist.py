@@ -48,3 +48,29 @@ def test_rebuild_script_runs_every_step_and_times_it(tmp_path):
     phase1 = load_file(runs / "tokenizer_phase1" / "model" / "model.safetensors")
     assert inside.keys() == phase2.keys() and all(torch.equal(inside[k], phase2[k]) for k in inside)
     assert not all(torch.equal(phase1[k], phase2[k]) for k in phase1)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("fashion_mnist")
+def test_sigterm_stops_the_running_step_with_a_checkpoint(tmp_path):
+    """`kill` of the script reaches the training it runs: it saves a checkpoint and stops, and nothing is left
+    running (a rerun resumes it)."""
+    import signal
+    import time
+    runs = tmp_path / "rebuild"
+    env = dict(os.environ, OMP_NUM_THREADS="1", NEXTSCALE=f"{sys.executable} -m nextscale",
+               TOKENIZER_ARGS="steps=5000 global_batch=8 log_every=1 eval_every=0 checkpoint_every=0 "
+                              "codebook.restart_until=0")
+    proc = subprocess.Popen(["bash", str(ROOT / "scripts" / "rebuild_fashion_mnist.sh"), str(runs)], env=env,
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = runs / "tokenizer_phase1" / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (metrics.is_file() and metrics.read_text().count("\n") >= 2) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, out[-2000:] + err[-2000:]
+    assert "stopped; run the same command again to resume" in err
+    assert list((runs / "tokenizer_phase1" / "checkpoints").glob("step_*.pt"))
+    assert str(runs) not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
