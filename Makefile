@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --constraint constraints.txt
 REFERENCE_DIR ?= ../shared/reference
 
-.PHONY: install browser data test demo bench fashion-mnist-model clean
+.PHONY: install browser data test demo bench fashion-mnist-model colour-tokenizer clean
 
 install: $(VENV)/.installed
 
@@ -54,6 +54,21 @@ bench: install
 # raster-AR baseline, each step timed (about 2.5 hours on 2 cores; TRAINING.md in the model has the times).
 fashion-mnist-model: install data
 	PATH="$(abspath $(BIN)):$$PATH" bash scripts/rebuild_fashion_mnist.sh runs/fashion_mnist_rebuild
+
+# The shipped colour tokenizer (colour-tokenizer-64) rebuilt: its corpus from two registry packages (Noto emoji from
+# npm, the photos bundled in scikit-image's wheel; read as archives, nothing installed), then
+# configs/tokenizer_colour.yaml (about 45 minutes on one core), copied into the package's assets.
+COLOUR_SOURCES := data/sources
+colour-tokenizer: install
+	mkdir -p $(COLOUR_SOURCES)
+	[ -f $(COLOUR_SOURCES)/emoji-datasource-google-16.0.0.tgz ] || (cd $(COLOUR_SOURCES) && npm pack --silent emoji-datasource-google@16.0.0)
+	ls $(COLOUR_SOURCES)/scikit_image-0.26.0-*.whl >/dev/null 2>&1 || \
+	  $(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: scikit-image==0.26.0 -d $(COLOUR_SOURCES)
+	[ -d data/colour_corpus ] || $(BIN)/python scripts/colour_corpus.py --out data/colour_corpus \
+	  --emoji $(COLOUR_SOURCES)/emoji-datasource-google-16.0.0.tgz --photos "$$(ls $(COLOUR_SOURCES)/scikit_image-0.26.0-*.whl | head -1)"
+	$(BIN)/nextscale train-tokenizer configs/tokenizer_colour.yaml
+	rm -rf src/nextscale/assets/colour_tokenizer_64 && mkdir -p src/nextscale/assets/colour_tokenizer_64
+	cp runs/tokenizer_colour/model/config.json runs/tokenizer_colour/model/model.safetensors src/nextscale/assets/colour_tokenizer_64/
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache

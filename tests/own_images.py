@@ -1,36 +1,68 @@
-"""A synthetic labelled image folder, the layout `nextscale` expects of a user's own images.
+"""A synthetic labelled colour image folder, the layout `nextscale` expects of a user's own images.
 
-    make_shapes_folder(root, per_class=100, size=64)   # root/circle/*.png, root/square/*.png, root/triangle/*.png
+    make_shapes_folder(root, per_class=100, size=64)   # root/blue_circle/*.png, root/red_circle/*.png, root/red_square/*.png
 
-Each image is one shape of a random colour, size and position on a noisy background of another colour, so the
-three classes differ in shape only: a tokenizer must keep the outline for a classifier to tell them apart.
+Three classes: a blue circle, a red circle, a red square, of random size and position, on a coloured gradient
+background with a little noise. The blue and the red circle differ only in colour: the shape's grey level is
+drawn from the same range for both (each colour is scaled to a luminance drawn uniformly), so in grey those two
+classes cannot be told apart; the red circle and the red square differ only in shape. A tokenizer that drops
+colour, and a model trained on it, cannot pass the classifier that tells the three apart.
 """
 
 from __future__ import annotations
 
+import colorsys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-CLASSES = ("circle", "square", "triangle")
+CLASSES = ("blue_circle", "red_circle", "red_square")
+HUES = {"red": (-0.04, 0.04), "blue": (0.58, 0.66)}  # hue ranges (HSV, 0..1; red wraps around 0)
+LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601, what PIL's convert("L") uses
 
 
-def draw_shape(kind: str, size: int, rng: np.random.Generator) -> Image.Image:
-    background = tuple(int(v) for v in rng.integers(0, 110, 3))
-    colour = tuple(int(v) for v in rng.integers(140, 256, 3))
-    noise = rng.integers(-12, 13, (size, size, 3))
-    im = Image.fromarray(np.clip(np.array(background)[None, None] + noise, 0, 255).astype(np.uint8))
+def shape_colour(name: str, rng: np.random.Generator) -> tuple[int, int, int]:
+    """A saturated colour of hue family `name` whose grey level is uniform in [70, 150] whatever the hue."""
+    low, high = HUES[name]
+    r, g, b = colorsys.hsv_to_rgb(rng.uniform(low, high) % 1.0, rng.uniform(0.75, 1.0), 1.0)
+    rgb = np.array([r, g, b])
+    target = rng.uniform(70, 150)
+    # Scale to the target luminance; if a channel would pass 255, mix toward white instead (keeps the hue).
+    rgb = rgb * target / float(LUMA @ rgb)
+    if rgb.max() > 255:
+        rgb = rgb * 255 / rgb.max()
+        white = np.full(3, 255.0)
+        t = (target - LUMA @ rgb) / max(LUMA @ (white - rgb), 1e-6)
+        rgb = rgb + np.clip(t, 0, 1) * (white - rgb)
+    return tuple(int(round(v)) for v in np.clip(rgb, 0, 255))
+
+
+def gradient_background(size: int, rng: np.random.Generator) -> np.ndarray:
+    """A linear gradient between two muted colours of random hue, with pixel noise: (size, size, 3) uint8."""
+    ends = []
+    for _ in range(2):
+        h, s, v = rng.uniform(0, 1), rng.uniform(0.2, 0.6), rng.uniform(0.25, 0.85)
+        ends.append(np.array(colorsys.hsv_to_rgb(h, s, v)) * 255)
+    angle = rng.uniform(0, 2 * np.pi)
+    yy, xx = np.mgrid[0:size, 0:size] / max(size - 1, 1)
+    t = np.clip(0.5 + (xx - 0.5) * np.cos(angle) + (yy - 0.5) * np.sin(angle), 0, 1)[..., None]
+    img = ends[0] * (1 - t) + ends[1] * t + rng.normal(0, 5, (size, size, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def draw_image(label: str, size: int, rng: np.random.Generator) -> Image.Image:
+    colour_name, kind = label.split("_")
+    im = Image.fromarray(gradient_background(size, rng))
     draw = ImageDraw.Draw(im)
-    r = rng.uniform(0.22, 0.36) * size
+    fill = shape_colour(colour_name, rng)
+    r = rng.uniform(0.22, 0.34) * size
     cx, cy = rng.uniform(r + 1, size - r - 1, 2)
     if kind == "circle":
-        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour)
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
     elif kind == "square":
         h = r * 0.85
-        draw.rectangle([cx - h, cy - h, cx + h, cy + h], fill=colour)
-    elif kind == "triangle":
-        draw.polygon([(cx, cy - r), (cx - r, cy + r * 0.8), (cx + r, cy + r * 0.8)], fill=colour)
+        draw.rectangle([cx - h, cy - h, cx + h, cy + h], fill=fill)
     else:
         raise ValueError(f"unknown shape {kind!r}")
     return im
@@ -41,17 +73,18 @@ def make_shapes_folder(root: str | Path, per_class: int = 100, size: int = 64, s
     """Write per_class PNGs of each class into root/<class>/; returns root."""
     root = Path(root)
     rng = np.random.default_rng(seed)
-    for kind in classes:
-        folder = root / kind
+    for label in classes:
+        folder = root / label
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
-            draw_shape(kind, size, rng).save(folder / f"{kind}_{i:04d}.png")
+            draw_image(label, size, rng).save(folder / f"{label}_{i:04d}.png")
     return root
 
 
 if __name__ == "__main__":
     import argparse
-    p = argparse.ArgumentParser(description="write a synthetic 3-class image folder (circle, square, triangle)")
+    p = argparse.ArgumentParser(description="write a synthetic 3-class colour image folder (a blue circle, a red "
+                                            "circle, a red square on coloured gradients)")
     p.add_argument("root")
     p.add_argument("--per-class", type=int, default=100)
     p.add_argument("--size", type=int, default=64)

@@ -136,7 +136,7 @@ def test_train_classifier_on_a_folder_learns_and_records_its_data(trained):
     assert data["kind"] == "image_folder" and data["path"] == str(trained["data"].resolve())
     assert data["holdout"] == 0.25 and data["holdout_seed"] == 0 and data["eval_path"] is None
     assert data["num_train_images"] == 66 and data["num_heldout_images"] == 24 and len(data["heldout_digest"]) == 40
-    assert config["metrics"]["heldout_accuracy"] >= 0.8  # chance: 1/3
+    assert config["metrics"]["heldout_accuracy"] >= 0.6  # chance: 1/3 (24 held-out images)
     assert set(config["metrics"]["per_class_heldout_accuracy"]) == set(CLASSES)
     model = load_classifier(trained["out"])
     assert model.config.class_names == CLASSES and model.config.in_channels == 3
@@ -168,7 +168,10 @@ def test_eval_with_the_classifier_scores_real_images_near_the_floor(trained, tmp
     m = result["classifier"]
     assert m["classifier"]["path"] == str(trained["out"].resolve()) and m["classifier"]["class_names"] == list(CLASSES)
     assert m["real_data"]["num_heldout_images"] == 24 and m["real_data"]["num_train_images"] == 66
-    assert m["class_accuracy"] >= 0.8 and set(m["per_class_accuracy"]) == set(CLASSES)
+    assert m["class_accuracy"] >= 0.6 and set(m["per_class_accuracy"]) == set(CLASSES)  # chance 1/3, 60 images
+    # fresh real images are as colourful as the held-out ones; the table prints both
+    assert 0.85 < m["colourfulness"] / m["real_colourfulness"] < 1.15 and m["real_colourfulness"] > 20
+    assert re.search(r"colourfulness\s+[\d.]+\s+\(\d+% of 24 held-out images' [\d.]+", out), out
     assert m["floor_num_train_images"] == 60 and len(m["frechet_distance_floor_draws"]) == 3
     # Of the floor's order. (Below 1 is expected with so few images: the floor's training images are the
     # classifier's own, whose features it has fitted, while fresh images and held-out ones are both unseen.)
@@ -185,6 +188,10 @@ def test_eval_with_the_classifier_scores_noise_far_above_the_floor(trained, tmp_
     assert rc == 0, err
     m = result["classifier"]
     assert m["frechet_distance"] > 4 * m["frechet_distance_floor"]
+    grey = fresh.images.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    rc, out, err, grey_result = run_eval(tmp_path, capsys, np.repeat(grey.round().astype(np.uint8)[..., None], 3, -1),
+                                         fresh.labels, list(fresh.classes), trained["out"])
+    assert rc == 0 and grey_result["classifier"]["colourfulness"] == 0, err  # grey samples: colourfulness 0
     assert m["kid"] > m["kid_floor"] + 10 * max(m["kid_floor_std"], 1e-6)
     ratio = float(re.search(r"ratio to floor\s+([\d.]+)x", out).group(1))
     assert ratio > 4
@@ -197,7 +204,7 @@ def test_eval_refuses_images_that_do_not_fit_the_classifier(trained, tmp_path, c
     assert rc == 2 and "these are 32x32 images; the classifier takes 16x16" in err
     assert "nextscale train-classifier --data FOLDER --resolution 32" in err and "Traceback" not in err
     rc, _, err, _ = run_eval(tmp_path, capsys, fresh.images, fresh.labels, ["ball", "box", "cone"], trained["out"])
-    assert rc == 2 and "the samples' classes are [ball, box, cone]" in err and "circle, square, triangle" in err
+    assert rc == 2 and "the samples' classes are [ball, box, cone]" in err and "blue_circle, red_circle, red_square" in err
     labels = fresh.labels.copy()
     labels[0] = 7
     rc, _, err, _ = run_eval(tmp_path, capsys, fresh.images, labels, None, trained["out"])
@@ -221,7 +228,7 @@ def test_the_fashion_mnist_classifier_refuses_own_images(trained, tmp_path, caps
     assert rc == 2 and "the classifier takes 32x32" in err and "--classifier" in err
     at32 = read_labelled_folder(trained["root"] / "fresh", 32, 3)
     rc, _, err, _ = run_eval(tmp_path, capsys, at32.images, at32.labels, list(at32.classes))
-    assert rc == 2 and "the samples' classes are [circle, square, triangle]" in err and "T-shirt/top" in err
+    assert rc == 2 and "the samples' classes are [blue_circle, red_circle, red_square]" in err and "T-shirt/top" in err
     request.getfixturevalue("fashion_mnist")  # the rest scores them against the real test split
     rc, out, err, result = run_eval(tmp_path, capsys, at32.images, at32.labels, None, extra=["--floor-draws", "1"])
     assert rc == 0, err
@@ -331,7 +338,7 @@ def test_eval_warns_when_the_held_out_images_changed(tmp_path, capsys):
     rc, stdout, err, result = run_eval(tmp_path, capsys, fresh.images, fresh.labels, list(CLASSES), out)
     assert rc == 0 and "changed since the classifier was trained" not in stdout
     # Same counts, other files: a held-out image may now be one the classifier trained on.
-    for path in sorted((data / "circle").iterdir()):
+    for path in sorted((data / "blue_circle").iterdir()):
         path.rename(path.with_name("x" + path.name))
     rc, stdout, err, result = run_eval(tmp_path, capsys, fresh.images, fresh.labels, list(CLASSES), out)
     assert rc == 0 and "changed since the classifier was trained (other held-out images)" in stdout
@@ -339,7 +346,7 @@ def test_eval_warns_when_the_held_out_images_changed(tmp_path, capsys):
 
 def test_train_classifier_skips_unreadable_images(tmp_path, capsys):
     data = make_shapes_folder(tmp_path / "shapes", per_class=6, size=16, seed=0)
-    (data / "square" / "broken.png").write_bytes(b"not a png")
+    (data / "red_square" / "broken.png").write_bytes(b"not a png")
     with pytest.warns(UserWarning, match="skipping unreadable image"):
         assert cli_main(["train-classifier", "--data", str(data), "--resolution", "16", "--holdout", "0.5",
                          "--epochs", "1", "--threads", "1", "--out", str(tmp_path / "clf")]) == 0
@@ -354,8 +361,8 @@ def test_real_images_too_large_to_decode_are_skipped_from_their_header(tmp_path,
     Pillow's own cap, so it was decoded whole) or 50000x50000 is skipped with one warning line naming the file and
     the limit, the others are read; held-out images that are all such files make eval a one-line error."""
     data = make_shapes_folder(tmp_path / "shapes", per_class=3, size=16, seed=0)
-    big = png_claiming(data / "circle" / "big.png", 5000, 4000)
-    bomb = png_claiming(data / "square" / "bomb.png", 50000, 50000)
+    big = png_claiming(data / "blue_circle" / "big.png", 5000, 4000)
+    bomb = png_claiming(data / "red_square" / "bomb.png", 50000, 50000)
     skipped = []
     with pytest.warns(UserWarning) as record:
         images, labels = list_labelled_folder(data, RESOLUTION, 3).decode(skipped=skipped)

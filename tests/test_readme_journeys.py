@@ -131,7 +131,7 @@ def test_train_on_your_own_images_as_the_readme_says(tmp_path):
     assert (runs / "cache_own" / "header.json").is_file()
     model = runs / "var_own" / "model"
     assert (model / "config.json").is_file() and (model / "tokenizer" / "config.json").is_file()
-    assert json.loads((model / "config.json").read_text())["class_names"] == ["circle", "square", "triangle"]
+    assert json.loads((model / "config.json").read_text())["class_names"] == ["blue_circle", "red_circle", "red_square"]
     metrics = [json.loads(l) for l in (runs / "var_own" / "metrics.jsonl").read_text().splitlines()]
     assert any("eval_loss" in m for m in metrics), "the transformer's held-out loss was not logged"
     assert (runs / "var_own" / "curves.png").is_file()

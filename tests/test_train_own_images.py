@@ -46,13 +46,13 @@ def test_folder_to_tokenizer_to_cache_to_transformer(workspace, capsys):
     # tokenize: the recipe's tokenizer is the run folder; the cache goes to the recipe's token_cache.
     assert main(["tokenize", "configs/var_own_images.yaml"]) == 0
     header = json.loads((workspace / "runs" / "cache_own" / "header.json").read_text())
-    assert header["classes"] == ["circle", "square", "triangle"]
+    assert header["classes"] == ["blue_circle", "red_circle", "red_square"]
     assert header["num_images"] == 15  # 18 images, one of each class held out (data.eval_fraction=0.1)
 
     assert main(["train", "configs/var_own_images.yaml", *VAR_CI]) == 0
     run = workspace / "runs" / "var_own"
     var = nextscale.load_var(run / "model")
-    assert var.num_classes == 3 and var.extra_config["class_names"] == ["circle", "square", "triangle"]
+    assert var.num_classes == 3 and var.extra_config["class_names"] == ["blue_circle", "red_circle", "red_square"]
     metrics = records(run / "metrics.jsonl")
     evals = [r for r in metrics if "eval_loss" in r]
     assert [r["step"] for r in evals] == [2, 3] and all("eval_acc_s5" in r for r in evals)

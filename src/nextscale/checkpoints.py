@@ -361,7 +361,7 @@ def load_pretrained(name: str = "fashion-mnist", device=None) -> VAR:
 
     `var.extra_config` holds `class_names` and the recommended `sampling` settings (cfg, top_k, top_p).
     """
-    shipped = {n: p for n, p in PRESETS.items() if p.asset}
+    shipped = {n: p for n, p in PRESETS.items() if p.asset and p.model_type == "var"}
     if name not in shipped:
         raise CheckpointError(f"unknown pretrained model {name!r}; shipped: {', '.join(shipped)}")
     var = load_var(shipped[name].asset_path())

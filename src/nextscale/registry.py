@@ -74,6 +74,8 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            hub_file="var_d36.pth"),
     # Shipped with the package (config.json + model.safetensors + tokenizer/), loadable offline.
     Preset("fashion-mnist", "var", asset="fashion_mnist_var"),
+    # A general-purpose colour tokenizer for 64x64 images (the start of the own-images recipes' tokenizer).
+    Preset("colour-tokenizer-64", "vqvae", asset="colour_tokenizer_64"),
 )}
 
 
@@ -83,6 +85,6 @@ def presets_of(model_type: str, *, with_config: bool = False) -> dict[str, Prese
                                                                                  not with_config)}
 
 
-def shipped() -> dict[str, Preset]:
-    """The presets whose weights are inside the package."""
-    return {n: p for n, p in PRESETS.items() if p.asset is not None}
+def shipped(model_type: str = "var") -> dict[str, Preset]:
+    """The presets of `model_type` whose weights are inside the package (transformers by default)."""
+    return {n: p for n, p in PRESETS.items() if p.asset is not None and p.model_type == model_type}

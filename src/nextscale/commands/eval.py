@@ -34,6 +34,9 @@ images: what a perfect generator would score with this many images. It is noisy 
 Fashion-MNIST images: about 2 to 6 from draw to draw), so it is the mean of --floor-draws draws. KID (unbiased
 MMD^2 of the features, cubic polynomial kernel (x.y/d + 1)^3, the features divided by the RMS feature of the
 held-out images) does not grow with few images: its floor is about 0.
+Colourfulness (Hasler and Suesstrunk 2003, 0-255 units; 0 for grey images, about 20-60 for photographs) of the
+samples is shown beside the held-out real images' (or the Inception reference's): samples far below it have
+lost colour, far above it invent colour.
 Inception: the standard FID network; the weights file is pytorch-fid's
 pt_inception-2015-12-05-6726825d.pth (no download here: fetch it yourself). FID uses the
 reference .npz's mu/sigma when it has them (ADM reference batches do), else its images' features;
@@ -99,6 +102,14 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
+def _colourfulness(value: float, real: float | None, real_what: str) -> str:
+    """Hasler-Suesstrunk colourfulness of the samples, beside the real images' (0: grey)."""
+    if real is None:
+        return f"{value:.2f}  (Hasler-Suesstrunk, 0-255; no real images to compare)"
+    ratio = f"{value / real:.0%} of" if real > 0 else "real images are grey:"
+    return f"{value:.2f}  ({ratio} {real_what}' {real:.2f}; Hasler-Suesstrunk, 0-255)"
+
+
 def format_table(results: dict) -> str:
     rows = [("images", results["source"]), ("count", results["num_images"])]
     fm = results.get("classifier")
@@ -126,6 +137,8 @@ def format_table(results: dict) -> str:
                                          f"{_plural(fm['kid_subsets'], 'subset')} of {fm['kid_subset_size']})"))
         rows.append(("  floor: real train vs held-out", f"{fm['kid_floor']:.4g} ± {fm['kid_floor_std']:.3g}  "
                                                         f"{floor_of}"))
+        rows.append(("colourfulness", _colourfulness(fm["colourfulness"], fm["real_colourfulness"],
+                                                     f"{held} held-out images")))
         for warning in fm.get("warnings", []):
             rows.append(("WARNING", warning))
     elif "classifier_skipped" in results:
@@ -141,6 +154,9 @@ def format_table(results: dict) -> str:
                                                f"(k={inc['precision_recall_k']})"))
         elif "fid" in inc:
             rows.append(("precision / recall", "n/a (the reference has statistics but no images)"))
+        if "colourfulness" in inc and not fm:
+            rows.append(("colourfulness", _colourfulness(inc["colourfulness"], inc.get("real_colourfulness"),
+                                                         "the reference images")))
         else:
             rows.append(("FID, precision / recall", "n/a (pass --reference)"))
     width = max(len(name) for name, _ in rows)

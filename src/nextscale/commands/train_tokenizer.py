@@ -57,6 +57,9 @@ def run(args) -> int:
     if is_main_process():
         usage = ", ".join(f"{u:.0%}" for u in summary["usage_per_scale"])
         psnr = f", held-out PSNR {summary['eval_psnr']:.2f} dB" if "eval_psnr" in summary else ""
+        if "eval_colourfulness" in summary:
+            psnr += (f", colourfulness {summary['eval_colourfulness']:.1f} (real {summary['eval_real_colourfulness']:.1f}), "
+                     f"mean-colour error {summary['eval_colour_error']:.1f}/255")
         print(f"trained to step {summary['step']} in {summary['minutes']:.1f} min{psnr}; codebook usage per scale: "
               f"{usage}; tokenizer exported to {train_config.out_dir}/model")
     cleanup_distributed()

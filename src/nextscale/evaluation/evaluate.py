@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from nextscale.evaluation.colour import image_set_colourfulness
 from nextscale.evaluation.frechet import (feature_statistics, frechet_distance, inception_score,
                                           kernel_inception_distance, precision_recall)
 from nextscale.evaluation.image_sets import ImageSet, as_nhwc3
@@ -139,6 +140,8 @@ def classifier_metrics(samples: ImageSet, classifier, device, batch_size: int = 
                             f"classes ({_names(config.class_names)})?")
 
     heldout = ImageSet(as_nhwc3(real.heldout_images, "the held-out images"))
+    result["colourfulness"] = image_set_colourfulness(samples)
+    result["real_colourfulness"] = image_set_colourfulness(heldout)
     held_feats = run_in_batches(classifier, heldout, classifier_outputs, device, batch_size,
                                 "classifier: held-out images")["features"]
     held_stats = feature_statistics(held_feats)
@@ -191,7 +194,8 @@ def inception_metrics(samples: ImageSet, inception, device, reference: ImageSet 
     is_mean, is_std = inception_score(out["logits_unbiased"], splits=splits)
     mu, sigma = feature_statistics(out["pool"])
     stats = {"mu": mu, "sigma": sigma}
-    result = {"inception_score": is_mean, "inception_score_std": is_std, "is_splits": splits}
+    result = {"inception_score": is_mean, "inception_score_std": is_std, "is_splits": splits,
+              "colourfulness": image_set_colourfulness(samples)}
     if reference is None:
         return result, stats
     ref_pool = None
@@ -207,6 +211,7 @@ def inception_metrics(samples: ImageSet, inception, device, reference: ImageSet 
         ref_stats, result["fid_reference_statistics"] = feature_statistics(ref_pool), "computed"
     result["fid"] = frechet_distance(mu, sigma, *ref_stats)
     if ref_pool is not None:
+        result["real_colourfulness"] = image_set_colourfulness(reference)
         result["precision"], result["recall"] = precision_recall(ref_pool, out["pool"], k=k)
         result["precision_recall_k"] = k
     return result, stats

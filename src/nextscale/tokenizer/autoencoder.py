@@ -13,18 +13,26 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
+DEFAULT_NORM_GROUPS = 32  # the published tokenizer's GroupNorm
+
+
+def group_norm(channels: int, groups: int = DEFAULT_NORM_GROUPS) -> nn.GroupNorm:
+    """GroupNorm with `groups` groups (fewer where `channels` has fewer, or does not divide evenly)."""
+    groups = max(1, min(groups, channels))
+    while channels % groups:
+        groups -= 1
+    return nn.GroupNorm(num_groups=groups, num_channels=channels, eps=1e-6, affine=True)
 
 
 class ResnetBlock(nn.Module):
     """GroupNorm-SiLU-conv twice, with a 1x1 shortcut when the width changes."""
 
-    def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0):
+    def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0,
+                 norm_groups: int = DEFAULT_NORM_GROUPS):
         super().__init__()
-        self.norm1 = group_norm(in_channels)
+        self.norm1 = group_norm(in_channels, norm_groups)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = group_norm(out_channels)
+        self.norm2 = group_norm(out_channels, norm_groups)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
@@ -40,9 +48,9 @@ class ResnetBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Single-head spatial self-attention with a fused 1x1 qkv conv."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, norm_groups: int = DEFAULT_NORM_GROUPS):
         super().__init__()
-        self.norm = group_norm(channels)
+        self.norm = group_norm(channels, norm_groups)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj_out = nn.Conv2d(channels, channels, 1)
 
@@ -100,11 +108,11 @@ class _Level(nn.Module):
 
 
 class _Middle(nn.Module):
-    def __init__(self, channels: int, dropout: float):
+    def __init__(self, channels: int, dropout: float, norm_groups: int = DEFAULT_NORM_GROUPS):
         super().__init__()
-        self.block_1 = ResnetBlock(channels, channels, dropout)
-        self.attn_1 = AttnBlock(channels)
-        self.block_2 = ResnetBlock(channels, channels, dropout)
+        self.block_1 = ResnetBlock(channels, channels, dropout, norm_groups)
+        self.attn_1 = AttnBlock(channels, norm_groups)
+        self.block_2 = ResnetBlock(channels, channels, dropout, norm_groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.block_2(self.attn_1(self.block_1(x)))
@@ -114,7 +122,7 @@ class Encoder(nn.Module):
     """Image (B, in_channels, H, W) -> latent (B, z_channels, H/2^(levels-1), ...)."""
 
     def __init__(self, ch: int, ch_mult: Sequence[int], num_res_blocks: int, z_channels: int,
-                 in_channels: int = 3, dropout: float = 0.0):
+                 in_channels: int = 3, dropout: float = 0.0, norm_groups: int = DEFAULT_NORM_GROUPS):
         super().__init__()
         self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
         levels = []
@@ -123,14 +131,14 @@ class Encoder(nn.Module):
             block_out = ch * mult
             blocks = []
             for _ in range(num_res_blocks):
-                blocks.append(ResnetBlock(block_in, block_out, dropout))
+                blocks.append(ResnetBlock(block_in, block_out, dropout, norm_groups))
                 block_in = block_out
             lowest = i == len(ch_mult) - 1
-            attns = [AttnBlock(block_in) for _ in range(num_res_blocks)] if lowest else []
+            attns = [AttnBlock(block_in, norm_groups) for _ in range(num_res_blocks)] if lowest else []
             levels.append(_Level(blocks, attns, None if lowest else "downsample", None if lowest else Downsample(block_in)))
         self.down = nn.ModuleList(levels)
-        self.mid = _Middle(block_in, dropout)
-        self.norm_out = group_norm(block_in)
+        self.mid = _Middle(block_in, dropout, norm_groups)
+        self.norm_out = group_norm(block_in, norm_groups)
         self.conv_out = nn.Conv2d(block_in, z_channels, 3, padding=1)
 
     def forward(self, img_BChw: torch.Tensor) -> torch.Tensor:
@@ -145,23 +153,23 @@ class Decoder(nn.Module):
     """Latent -> image; `up[i]` is level i, so `up[-1]` runs first (lowest resolution)."""
 
     def __init__(self, ch: int, ch_mult: Sequence[int], num_res_blocks: int, z_channels: int,
-                 out_channels: int = 3, dropout: float = 0.0):
+                 out_channels: int = 3, dropout: float = 0.0, norm_groups: int = DEFAULT_NORM_GROUPS):
         super().__init__()
         block_in = ch * ch_mult[-1]
         self.conv_in = nn.Conv2d(z_channels, block_in, 3, padding=1)
-        self.mid = _Middle(block_in, dropout)
+        self.mid = _Middle(block_in, dropout, norm_groups)
         levels: list[nn.Module] = []
         for i in reversed(range(len(ch_mult))):
             block_out = ch * ch_mult[i]
             blocks = []
             for _ in range(num_res_blocks + 1):
-                blocks.append(ResnetBlock(block_in, block_out, dropout))
+                blocks.append(ResnetBlock(block_in, block_out, dropout, norm_groups))
                 block_in = block_out
             lowest = i == len(ch_mult) - 1
-            attns = [AttnBlock(block_in) for _ in range(num_res_blocks + 1)] if lowest else []
+            attns = [AttnBlock(block_in, norm_groups) for _ in range(num_res_blocks + 1)] if lowest else []
             levels.insert(0, _Level(blocks, attns, None if i == 0 else "upsample", None if i == 0 else Upsample(block_in)))
         self.up = nn.ModuleList(levels)
-        self.norm_out = group_norm(block_in)
+        self.norm_out = group_norm(block_in, norm_groups)
         self.conv_out = nn.Conv2d(block_in, out_channels, 3, padding=1)
 
     def forward(self, z_BChw: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from nextscale.config_schema import AT_LEAST_1, BELOW_ONE, FRACTION, NON_NEGATIVE, ConfigDict, Range
 from nextscale.model_folder import save_pretrained
-from nextscale.tokenizer.autoencoder import Decoder, Encoder
+from nextscale.tokenizer.autoencoder import DEFAULT_NORM_GROUPS, Decoder, Encoder
 from nextscale.tokenizer.quantizer import MultiScaleQuantizer
 
 PATCH_NUMS_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
@@ -37,11 +37,14 @@ class VQVAEConfig(ConfigDict):
     image_channels: int = 3
     beta: float = 0.25
     dropout: float = 0.0
+    # GroupNorm groups of the encoder and decoder. The published 32 on a narrow model (ch 32) is one channel per
+    # group, an instance norm: it removes each image's per-channel offset and scale, which is its colour.
+    norm_groups: int = DEFAULT_NORM_GROUPS
 
     RANGES = {"ch": AT_LEAST_1, "ch_mult": Range(low=1, min_items=1), "num_res_blocks": AT_LEAST_1,
               "z_channels": AT_LEAST_1, "vocab_size": AT_LEAST_1, "patch_nums": Range(low=1, min_items=1),
               "phi_count": AT_LEAST_1, "phi_ratio": FRACTION, "image_channels": Range(choices=(1, 3)),
-              "beta": NON_NEGATIVE, "dropout": BELOW_ONE}
+              "beta": NON_NEGATIVE, "dropout": BELOW_ONE, "norm_groups": AT_LEAST_1}
 
     def __post_init__(self):
         self.ch_mult = tuple(int(m) for m in self.ch_mult)
@@ -59,7 +62,10 @@ class VQVAEConfig(ConfigDict):
 
     def identity_hash(self) -> str:
         """Short hash of the architecture, used to tie token caches to their tokenizer."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+        fields = self.to_dict()
+        if fields["norm_groups"] == DEFAULT_NORM_GROUPS:  # added later: caches written before it stay valid
+            del fields["norm_groups"]
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class VQVAE(nn.Module):
@@ -74,9 +80,9 @@ class VQVAE(nn.Module):
         config = dataclasses.replace(config or VQVAEConfig(), **overrides)
         self.config = config
         self.encoder = Encoder(config.ch, config.ch_mult, config.num_res_blocks, config.z_channels,
-                               config.image_channels, config.dropout)
+                               config.image_channels, config.dropout, config.norm_groups)
         self.decoder = Decoder(config.ch, config.ch_mult, config.num_res_blocks, config.z_channels,
-                               config.image_channels, config.dropout)
+                               config.image_channels, config.dropout, config.norm_groups)
         self.quantize = MultiScaleQuantizer(config.vocab_size, config.z_channels, config.patch_nums,
                                             config.phi_count, config.phi_ratio, config.lookup, config.beta)
         self.quant_conv = nn.Conv2d(config.z_channels, config.z_channels, 3, padding=1)

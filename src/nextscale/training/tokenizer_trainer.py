@@ -33,14 +33,15 @@ from torch.utils.data import DataLoader
 
 from nextscale.config_schema import ConfigError, check_ranges
 from nextscale.data.datasets import build_dataset
+from nextscale.evaluation.colour import colourfulness, mean_colour_error
 from nextscale.tokenizer.vqvae import VQVAE
 from nextscale.training import common
 from nextscale.training import distributed as D
 from nextscale.training.checkpointing import restore_rng_state
 from nextscale.training.common import normalize_precision, normalize_resume  # noqa: F401 (their old home)
 from nextscale.training.discriminator import PatchDiscriminator
-from nextscale.training.losses import (adaptive_gan_weight, hinge_discriminator_loss, hinge_generator_loss, psnr,
-                                       reconstruction_loss)
+from nextscale.training.losses import (adaptive_gan_weight, hinge_discriminator_loss,
+                                       hinge_generator_loss, psnr, reconstruction_loss)
 from nextscale.training.metrics import MetricsLogger, progress_bar, read_jsonl
 from nextscale.training.optim import build_plain_adamw, warmup_then_cosine
 from nextscale.training.tokenizer_codebook import (quantizer_inputs, reset_optimizer_rows,  # noqa: F401
@@ -55,17 +56,26 @@ def lr_at(step: int, cfg: OptimConfig, total_steps: int) -> float:
 
 
 @torch.no_grad()
-def evaluate_psnr(vae: VQVAE, images_BChw: torch.Tensor, batch_size: int = 128) -> float:
-    """Mean per-image PSNR (dB, images in [0, 1]) of reconstructions with all scales."""
+def evaluate_held_out(vae: VQVAE, images_BChw: torch.Tensor, batch_size: int = 128) -> dict:
+    """Reconstructions with all scales, against the images: eval_psnr (mean per-image PSNR, dB, images in [0, 1]),
+    eval_colourfulness and eval_real_colourfulness (Hasler-Suesstrunk, 0-255; a tokenizer that drops colour
+    shows it here first), eval_colour_error (mean-colour error per image, 0-255)."""
     was_training = vae.training
     vae.eval()
-    values = []
+    sums = dict.fromkeys(("eval_psnr", "eval_colourfulness", "eval_real_colourfulness", "eval_colour_error"), 0.0)
     for i in range(0, len(images_BChw), batch_size):
-        img = images_BChw[i:i + batch_size]
-        rec = vae.decode_fhat(vae.encode_fhats(img)[-1])
-        values.append(psnr((rec + 1) / 2, (img + 1) / 2))
+        img01 = (images_BChw[i:i + batch_size] + 1) / 2
+        rec01 = (vae.decode_fhat(vae.encode_fhats(img01 * 2 - 1)[-1]) + 1) / 2
+        sums["eval_psnr"] += psnr(rec01, img01).double().sum().item()
+        if img01.shape[1] == 3:
+            sums["eval_colourfulness"] += colourfulness(rec01).sum().item()
+            sums["eval_real_colourfulness"] += colourfulness(img01).sum().item()
+            sums["eval_colour_error"] += mean_colour_error(rec01, img01).sum().item()
     vae.train(was_training)
-    return torch.cat(values).mean().item()
+    result = {k: v / len(images_BChw) for k, v in sums.items()}
+    if images_BChw.shape[1] != 3:  # grey images: no colour to measure
+        result = {"eval_psnr": result["eval_psnr"]}
+    return result
 
 
 class _ResumableSampler(torch.utils.data.Sampler):
@@ -388,7 +398,7 @@ class _TokenizerTrainer:
         self.start_time, self.start_step = time.time(), self.step
         batches = _infinite_batches(self.loader, self.sampler, self.per_rank_batch, self.epoch, self.batch_in_epoch)
         bar = progress_bar(total=config.steps, initial=self.step, desc="train-tokenizer", enabled=self.main)
-        self.last_eval = None  # (step, held-out PSNR): the final summary reuses it when taken at the last step
+        self.last_eval = None  # (step, held-out metrics): the final summary reuses it when taken at the last step
         self.images_since_log, self.log_clock = 0, time.time()
         # Per-step values stay on the device (float64 sums) and are read once per log interval: reading
         # them every step would make a GPU wait for every step to finish.
@@ -409,8 +419,8 @@ class _TokenizerTrainer:
                 # Held-out evaluation: its own cadence (not tied to log_every), its own metrics line.
                 if (self.main and self.eval_images is not None and config.eval_every > 0
                         and self.step % config.eval_every == 0):
-                    self.last_eval = (self.step, evaluate_psnr(self.vae, self.eval_images))
-                    metrics.log(self.step, eval_psnr=self.last_eval[1])
+                    self.last_eval = (self.step, evaluate_held_out(self.vae, self.eval_images))
+                    metrics.log(self.step, **self.last_eval[1])
                 why = self.stop_reason(stop)
                 checkpoint_due = bool(config.checkpoint_every) and self.step % config.checkpoint_every == 0
                 if checkpoint_due or self.step == config.steps or why:
@@ -431,13 +441,15 @@ class _TokenizerTrainer:
                    "vae": self.vae, "discriminator": self.disc}
         if self.main and self.eval_images is not None:
             if self.last_eval is None or self.last_eval[0] != self.step:  # the final PSNR, logged like the others
-                self.last_eval = (self.step, evaluate_psnr(self.vae, self.eval_images))
+                self.last_eval = (self.step, evaluate_held_out(self.vae, self.eval_images))
                 if self.step > self.start_step:  # (a rerun of a finished run trains nothing and logs nothing)
-                    metrics.log(self.step, eval_psnr=self.last_eval[1])
-            summary["eval_psnr"] = self.last_eval[1]
+                    metrics.log(self.step, **self.last_eval[1])
+            summary.update(self.last_eval[1])
         metrics.close()
         if self.main:
             keys = [("train_psnr", "eval_psnr"), "rec_loss", "vq_loss", "usage_scale*"]
+            if _logged(self.out, "eval_colourfulness"):
+                keys.append(("eval_colourfulness", "eval_real_colourfulness"))
             keys += [k for k in ("perceptual_loss", ("g_loss", "d_loss")) if _logged(self.out, k)]
             common.draw_curves(self.out, keys, log_y=["rec_loss", "vq_loss"])
         return summary
