@@ -89,3 +89,52 @@ def test_norm_groups_keeps_the_published_architecture_and_old_token_caches():
     del fields["norm_groups"]
     assert small.identity_hash() == hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
     assert VQVAEConfig(**{**small.to_dict(), "norm_groups": 1}).identity_hash() != small.identity_hash()
+
+
+def _keeps_colour(record: dict) -> bool:
+    """The issue's bar for held-out reconstructions: colourfulness within 15% of the real images', mean-colour
+    error at most 5/255 (here 6: a tiny run)."""
+    ratio = record["eval_colourfulness"] / record["eval_real_colourfulness"]
+    return 0.85 <= ratio <= 1.15 and record["eval_colour_error"] <= 6.0
+
+
+def test_a_tokenizer_trained_on_a_colour_folder_keeps_its_colours(tmp_path, monkeypatch):
+    """The own-images tokenizer recipe as it is (it starts from the shipped colour tokenizer), trained briefly on a
+    colour folder: its held-out reconstructions, as the training log reports them, keep the colours. Grey
+    reconstructions of the same images would fail the same check."""
+    from nextscale.cli import main
+    from nextscale.training.metrics import read_jsonl
+    from nextscale.training.tokenizer_trainer import evaluate_held_out
+
+    data = make_shapes_folder(tmp_path / "data", per_class=20, size=64, seed=1)
+    out = tmp_path / "run"
+    monkeypatch.chdir(ROOT)  # the recipe's paths are relative to the repository
+    assert main(["train-tokenizer", "configs/tokenizer_own_images.yaml", f"data.path={data}", f"out_dir={out}",
+                 "steps=12", "global_batch=8", "log_every=4", "eval_every=6", "eval_images=32", "checkpoint_every=0",
+                 "time_limit_minutes=0"]) == 0
+    evals = [r for r in read_jsonl(out / "metrics.jsonl") if "eval_psnr" in r]
+    assert [r["step"] for r in evals] == [6, 12]
+    last = evals[-1]
+    assert last["eval_real_colourfulness"] > 30, last  # the folder is colourful
+    assert _keeps_colour(last), last
+    assert last["eval_psnr"] >= 22, last
+
+    class Grey(torch.nn.Module):  # the failure the check is for: a tokenizer that drops colour
+        def __init__(self, vae):
+            super().__init__()
+            self.vae = vae
+
+        def encode_fhats(self, img):
+            return self.vae.encode_fhats(img)
+
+        def decode_fhat(self, f_hat):
+            rec = self.vae.decode_fhat(f_hat)
+            return (rec * torch.tensor([0.299, 0.587, 0.114])[:, None, None]).sum(1, keepdim=True).expand_as(rec)
+
+    from nextscale.data.datasets import DataConfig, build_dataset
+    held = build_dataset(DataConfig(kind="image_folder", path=str(data), eval_fraction=0.1, resolution=64,
+                                    resize_ratio=1.125), train=False)
+    images = torch.stack([held[i][0] for i in range(len(held))])
+    from nextscale.checkpoints import load_vae
+    assert _keeps_colour(evaluate_held_out(load_vae(out), images))
+    assert not _keeps_colour(evaluate_held_out(Grey(load_vae(out)), images))

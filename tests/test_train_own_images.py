@@ -8,13 +8,14 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from own_images import make_shapes_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
 TOKENIZER_CI = ["steps=3", "global_batch=4", "log_every=1", "eval_every=2", "checkpoint_every=2", "eval_images=8",
-                "time_limit_minutes=0", "model.vocab_size=64"]
+                "time_limit_minutes=0"]
 VAR_CI = ["steps=3", "global_batch=4", "log_every=1", "eval_every=2", "checkpoint_every=2", "sample.every=0",
           "model.depth=1", "model.embed_dim=32", "model.num_heads=1", "tensorboard=false", "progress=false"]
 
@@ -103,6 +104,34 @@ def test_every_recipe_uses_the_new_keys(capsys):
         assert "export" not in str(data.get("tokenizer")), path
     fmnist = yaml.safe_load((ROOT / "configs" / "var_fashion_mnist.yaml").read_text())
     assert fmnist["tokenizer"] == "runs/tokenizer_fmnist_phase2" and fmnist["token_cache"] == "runs/cache_fmnist_train"
+
+
+def test_the_recipe_starts_from_the_shipped_colour_tokenizer_and_scratch_is_one_override_away(workspace, capsys):
+    """init_from: colour-tokenizer-64 (the shipped weights, exactly, at step 0); another architecture is refused
+    in one line naming the key; init_from=null trains from scratch."""
+    import nextscale
+    from nextscale.cli import main
+    from nextscale.training.tokenizer_config import TokenizerTrainConfig
+    from nextscale.training.tokenizer_trainer import train_tokenizer
+    from nextscale.training.config import load_config
+
+    shipped = nextscale.load_vae("colour-tokenizer-64")
+    assert shipped.config.norm_groups == 1 and shipped.resolution == 64
+    cfg = load_config(TokenizerTrainConfig, "configs/tokenizer_own_images.yaml", TOKENIZER_CI + ["steps=1"])
+    assert cfg.init_from == "colour-tokenizer-64"
+    cfg.optim.lr = 1e-12  # one step that changes (almost) nothing: the weights are the shipped ones
+    trained = train_tokenizer(cfg)["vae"]
+    assert torch.allclose(trained.decoder.conv_out.weight, shipped.decoder.conv_out.weight, atol=1e-6)
+    capsys.readouterr()
+    code = main(["train-tokenizer", "configs/tokenizer_own_images.yaml", *TOKENIZER_CI, "model.vocab_size=64",
+                 "out_dir=runs/other"])
+    err = capsys.readouterr().err
+    assert code == 2 and "model.vocab_size=64 (init_from has 512)" in err and "init_from=null" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert main(["train-tokenizer", "configs/tokenizer_own_images.yaml", *TOKENIZER_CI, "model.vocab_size=64",
+                 "init_from=null", "out_dir=runs/scratch"]) == 0
+    scratch = nextscale.load_vae("runs/scratch")
+    assert scratch.vocab_size == 64
 
 
 def test_fashion_mnist_kind_with_an_image_folder_says_what_to_set(workspace, capsys):

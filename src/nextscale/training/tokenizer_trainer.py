@@ -176,8 +176,10 @@ class _TokenizerTrainer:
             from nextscale.checkpoints import load_vae
             start = load_vae(config.init_from, patch_nums=config.model.patch_nums)
             if start.config.to_dict() != vae.config.to_dict():
-                raise ConfigError(f"init_from {config.init_from} has another architecture than `model`: "
-                                  f"{start.config.to_dict()} vs {vae.config.to_dict()}")
+                differ = ", ".join(f"model.{k}={v} (init_from has {start.config.to_dict()[k]})"
+                                   for k, v in vae.config.to_dict().items() if start.config.to_dict().get(k) != v)
+                raise ConfigError(f"init_from {config.init_from} has another architecture than `model`: {differ}; "
+                                  f"keep its architecture, or train from scratch with init_from=null")
             vae.load_state_dict(start.state_dict())
         self.vae = vae = vae.to(device).train()
         # With few scales some shared phi convs serve no scale; freeze them so DDP expects no gradient there.
