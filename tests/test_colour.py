@@ -138,3 +138,19 @@ def test_a_tokenizer_trained_on_a_colour_folder_keeps_its_colours(tmp_path, monk
     from nextscale.checkpoints import load_vae
     assert _keeps_colour(evaluate_held_out(load_vae(out), images))
     assert not _keeps_colour(evaluate_held_out(Grey(load_vae(out)), images))
+
+
+def test_colour_probe_benchmark_runs_and_writes_its_table(tmp_path):
+    """benchmarks/colour_probe.py (the flat-colour experiment behind the fix), two rows of two steps."""
+    import subprocess
+    out = tmp_path / "probe.json"
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "colour_probe.py"), "--steps", "2", "--rows",
+                          "g32-lr1e-4,nonorm-lr1e-4", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    results = json.loads(out.read_text())["results"]
+    assert [r["row"] for r in results] == ["g32-lr1e-4", "nonorm-lr1e-4"]
+    assert all(0 < r["final_loss"] < 2 and 0 <= r["mean_colour_error"] <= 255 for r in results)
+    assert "mean-colour error" in run.stdout
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "colour_probe.py"), "--rows", "g0-lrx"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "is not g<groups>-lr<lr>" in bad.stderr
