@@ -385,7 +385,9 @@ def test_eval_command_inception_metrics(tmp_path, capsys):
     assert cli_main(args) == 0
     out = capsys.readouterr().out
     assert "FID" in out and "Inception Score" in out and "precision / recall" in out
+    assert "(100% of the reference images'" in out and "pass --reference" not in out  # the set against itself
     result = json.loads((tmp_path / "a.json").read_text())["inception"]
+    assert result["colourfulness"] == pytest.approx(result["real_colourfulness"]) and result["colourfulness"] > 10
     assert abs(result["fid"]) < 1e-3 and result["precision"] == 1.0 and result["recall"] == 1.0
     assert 1.0 <= result["inception_score"] <= 1008 and result["is_splits"] == 2
     saved = read_npz(tmp_path / "saved.npz")  # our images as a reference batch, with their statistics

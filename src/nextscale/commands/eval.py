@@ -154,11 +154,11 @@ def format_table(results: dict) -> str:
                                                f"(k={inc['precision_recall_k']})"))
         elif "fid" in inc:
             rows.append(("precision / recall", "n/a (the reference has statistics but no images)"))
-        if "colourfulness" in inc and not fm:
-            rows.append(("colourfulness", _colourfulness(inc["colourfulness"], inc.get("real_colourfulness"),
-                                                         "the reference images")))
         else:
             rows.append(("FID, precision / recall", "n/a (pass --reference)"))
+        if "colourfulness" in inc and not fm:  # with a classifier, its row already shows the samples' colourfulness
+            rows.append(("colourfulness", _colourfulness(inc["colourfulness"], inc.get("real_colourfulness"),
+                                                         "the reference images")))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {_fmt(value)}" for name, value in rows)
 
