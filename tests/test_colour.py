@@ -4,6 +4,7 @@ tokenizer, and a tokenizer trained on a colour folder that must keep its colours
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -154,3 +155,26 @@ def test_colour_probe_benchmark_runs_and_writes_its_table(tmp_path):
     bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "colour_probe.py"), "--rows", "g0-lrx"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "is not g<groups>-lr<lr>" in bad.stderr
+
+
+def test_eval_tokenizer_reports_colour_beside_the_originals(tmp_path, capsys):
+    """`nextscale eval-tokenizer` on a colour folder with the shipped colour tokenizer: colourfulness of the
+    reconstructions beside the originals' and the mean-colour error, printed and in metrics.json; the same
+    images in grey give colourfulness 0 for both."""
+    from PIL import Image
+
+    from nextscale.cli import main
+    data = make_shapes_folder(tmp_path / "data", per_class=4, size=64, seed=2)
+    assert main(["eval-tokenizer", "--tokenizer", "colour-tokenizer-64", "--data", str(data), "--lpips", "off",
+                 "--out", str(tmp_path / "eval"), "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["real_colourfulness"] > 30 and 0.8 < metrics["colourfulness"] / metrics["real_colourfulness"] < 1.2
+    assert metrics["mean_colour_error"] < 8
+    assert re.search(r"colourfulness [\d.]+ \(\d+% of the originals' [\d.]+\), mean-colour error [\d.]+/255", out), out
+    for path in data.rglob("*.png"):
+        Image.open(path).convert("L").convert("RGB").save(path)
+    assert main(["eval-tokenizer", "--tokenizer", "colour-tokenizer-64", "--data", str(data), "--lpips", "off",
+                 "--out", str(tmp_path / "grey"), "--threads", "1"]) == 0
+    grey = json.loads((tmp_path / "grey" / "metrics.json").read_text())
+    assert grey["real_colourfulness"] == 0 and "(grey images)" in capsys.readouterr().out
