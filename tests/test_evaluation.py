@@ -355,12 +355,13 @@ def test_inception_metrics_with_reference_images_or_statistics():
     samples = ImageSet(rng.integers(0, 256, (40, 8, 8, 3), dtype=np.uint8))
     other = ImageSet(rng.integers(0, 128, (50, 8, 8, 3), dtype=np.uint8))  # darker images: other features
     alone, stats = inception_metrics(samples, net, "cpu", None, batch_size=7, is_splits=4)
-    assert set(alone) == {"inception_score", "inception_score_std", "is_splits"} and stats["mu"].shape == (8,)
+    assert set(alone) == {"inception_score", "inception_score_std", "is_splits", "colourfulness"}
+    assert stats["mu"].shape == (8,) and alone["colourfulness"] > 10  # random colour noise
     same, _ = inception_metrics(samples, net, "cpu", samples, batch_size=7)
     assert abs(same["fid"]) < 1e-6 and same["precision"] == same["recall"] == 1.0
     assert same["fid_reference_statistics"] == "computed" and same["precision_recall_k"] == 3
     far, _ = inception_metrics(samples, net, "cpu", other, batch_size=7)
-    assert far["fid"] > 0.1
+    assert far["fid"] > 0.1 and far["real_colourfulness"] < far["colourfulness"]  # the darker set is less colourful
     # An ADM-style reference: its own mu/sigma win over its images' features for FID; images still give P/R.
     reference = ImageSet(other.images, mu=stats["mu"], sigma=stats["sigma"])
     adm, _ = inception_metrics(samples, net, "cpu", reference, batch_size=7)
