@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import colorsys
 import io
+import shutil
 import sys
 import tarfile
 import zipfile
@@ -100,16 +101,23 @@ def write_corpus(emoji: list[Image.Image], photos: list[Image.Image], out: Path,
     """Write out/emoji/*.png (each emoji `emoji_repeats` times) and out/photo/*.png; returns the counts."""
     if not emoji or not photos:
         raise ValueError(f"need emoji and photos, got {len(emoji)} emoji and {len(photos)} photos")
+    if out.exists():
+        raise ValueError(f"{out} exists: remove it first, or pass another --out")
     rng = np.random.default_rng(seed)
-    (out / "emoji").mkdir(parents=True, exist_ok=True)
-    (out / "photo").mkdir(parents=True, exist_ok=True)
+    # Written beside `out` and renamed when complete: a stopped run (Ctrl-C, SIGTERM, a full disk) leaves no
+    # half corpus that `make colour-tokenizer` would take for a finished one.
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    (partial / "emoji").mkdir(parents=True)
+    (partial / "photo").mkdir(parents=True)
     n = 0
     for r in range(emoji_repeats):
         for i, image in enumerate(emoji):
-            emoji_scene(image, photos, size, rng).save(out / "emoji" / f"emoji_{r}_{i:05d}.png")
+            emoji_scene(image, photos, size, rng).save(partial / "emoji" / f"emoji_{r}_{i:05d}.png")
             n += 1
     for i in range(photo_crops):
-        random_crop(photos[i % len(photos)], size, rng).save(out / "photo" / f"photo_{i:05d}.png")
+        random_crop(photos[i % len(photos)], size, rng).save(partial / "photo" / f"photo_{i:05d}.png")
+    partial.rename(out)
     return {"emoji": n, "photo": photo_crops}
 
 
@@ -126,8 +134,8 @@ def main(argv=None) -> int:
     p.add_argument("--photo-crops", type=int, default=2000, help="photo crops (default 2000)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    if a.size < 8 or a.emoji_repeats < 0 or a.photo_crops < 0:
-        p.error("--size must be >= 8, --emoji-repeats and --photo-crops >= 0")
+    if not (8 <= a.size <= 1024 and 0 <= a.emoji_repeats <= 100 and 0 <= a.photo_crops <= 1_000_000):
+        p.error("--size must be 8..1024, --emoji-repeats 0..100, --photo-crops 0..1000000")
     for path in (a.emoji, a.photos):
         if not path.exists():
             sys.exit(f"error: {path} does not exist (see --help for where it comes from)")

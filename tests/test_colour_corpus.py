@@ -52,6 +52,7 @@ def test_the_corpus_is_written_from_the_archives_and_is_reproducible(tmp_path):
     for out in ("a", "b"):
         assert colour_corpus.main(["--emoji", str(emoji), "--photos", str(wheel), "--out", str(tmp_path / out),
                                    "--emoji-repeats", "2", "--photo-crops", "5", "--size", "32"]) == 0
+    assert not list(tmp_path.glob("*.partial"))  # written aside, renamed when complete
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.png"))
     assert len(files) == 11 and {f.parts[0] for f in files} == {"emoji", "photo"}
     for f in files:
@@ -66,8 +67,13 @@ def test_missing_or_bad_sources_are_refused_in_one_line(tmp_path):
     emoji, wheel = fake_sources(tmp_path)
     bad = tmp_path / "bad.whl"
     bad.write_bytes(b"not a zip")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.png").write_bytes(b"x")
     for args, message in ((["--emoji", str(tmp_path / "none.tgz"), "--photos", str(wheel)], "does not exist"),
-                          (["--emoji", str(emoji), "--photos", str(bad)], "error:")):
+                          (["--emoji", str(emoji), "--photos", str(bad)], "error:"),
+                          (["--emoji", str(emoji), "--photos", str(wheel)], "exists: remove it first"),
+                          (["--emoji", str(emoji), "--photos", str(wheel), "--photo-crops", "10000000"], "0..1000000")):
         run = subprocess.run([sys.executable, str(ROOT / "scripts" / "colour_corpus.py"), *args, "--out",
                               str(tmp_path / "out")], capture_output=True, text=True)
         assert run.returncode != 0 and message in run.stderr and "Traceback" not in run.stderr, run.stderr
+    assert (tmp_path / "out" / "keep.png").read_bytes() == b"x"  # an existing folder is left as it was
