@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --constraint constraints.txt
 REFERENCE_DIR ?= ../shared/reference
 
-.PHONY: install browser data test demo bench fashion-mnist-model colour-tokenizer clean
+.PHONY: install browser data test demo bench bench-shared fashion-mnist-model colour-tokenizer clean
 
 install: $(VENV)/.installed
 
@@ -49,6 +49,10 @@ demo: install
 # Speed on this machine (about 8 minutes on an idle 2-core CPU): table on stdout, numbers in JSON.
 bench: install
 	$(BIN)/python benchmarks/bench.py --out bench_results/bench.json
+
+# Sampling and a training step idle and beside 1-2 busy programs: nextscale's thread policy against torch's default.
+bench-shared: install
+	$(BIN)/python benchmarks/shared_machine.py --out bench_results/shared_machine.json
 
 # The shipped Fashion-MNIST model rebuilt from scratch: tokenizer (two phases), token cache, transformer and the
 # raster-AR baseline, each step timed (about 2.5 hours on 2 cores; TRAINING.md in the model has the times).

@@ -19,7 +19,7 @@ PACKAGE = SRC / "nextscale"
 # Lowest first. A module belongs to the first entry that is its name or a package above it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", ("nextscale.files", "nextscale.config_schema", "nextscale.images", "nextscale.model_folder",
-                    "nextscale.hub", "nextscale.data")),
+                    "nextscale.hub", "nextscale.data", "nextscale.threads", "nextscale.progress")),
     ("models", ("nextscale.tokenizer", "nextscale.transformer", "nextscale.baseline")),
     ("loading", ("nextscale.registry", "nextscale.checkpoints")),
     ("inference", ("nextscale.inference_options", "nextscale.evaluation", "nextscale.rejection",

@@ -77,6 +77,22 @@ def test_load_latest_falls_back_to_the_newest_checkpoint_that_loads(tmp_path):
         assert ckpts.load_latest() is None
 
 
+def test_metrics_logger_writes_one_line_per_step_when_a_later_step_is_logged_or_flushed(tmp_path):
+    logger = MetricsLogger(tmp_path, tensorboard=False)
+    logger.log(1, loss=1.0)
+    logger.log(1, eval_loss=2.0)
+    assert (tmp_path / "metrics.jsonl").read_text() == ""  # the step may get more values
+    logger.log(2, loss=0.5)  # a later step: step 1's line is complete
+    assert [(r["step"], r.get("loss"), r.get("eval_loss")) for r in read_jsonl(tmp_path / "metrics.jsonl")] == [
+        (1, 1.0, 2.0)]
+    logger.flush()
+    assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2]
+    logger.flush()  # nothing pending: nothing written
+    logger.log(3, loss=0.25)
+    logger.close()  # the pending line is not lost
+    assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2, 3]
+
+
 def test_drop_records_after_keeps_one_line_per_step(tmp_path):
     path = tmp_path / "metrics.jsonl"
     logger = MetricsLogger(tmp_path, tensorboard=False)
@@ -87,13 +103,13 @@ def test_drop_records_after_keeps_one_line_per_step(tmp_path):
     logger.close()
     with open(path, "a") as f:
         f.write('{"step": 6, "lo')  # a kill mid-line
-    assert drop_records_after(path, 3) == 4  # steps 4, 4 (eval), 5 and the torn line
+    assert drop_records_after(path, 3) == 3  # steps 4 (training and held-out in one line), 5 and the torn line
     assert [(r["step"], sorted(k for k in r if k not in ("step", "time"))) for r in read_jsonl(path)] == [
-        (1, ["loss"]), (2, ["loss"]), (2, ["eval_loss"]), (3, ["loss"])]
+        (1, ["loss"]), (2, ["eval_loss", "loss"]), (3, ["loss"])]
     assert path.read_text().endswith("}\n")
     before = path.stat().st_mtime_ns, path.read_bytes()
     assert drop_records_after(path, 3) == 0 and (path.stat().st_mtime_ns, path.read_bytes()) == before
-    assert drop_records_after(path, 0) == 4 and path.read_text() == ""  # a fresh start: nothing of the old run
+    assert drop_records_after(path, 0) == 3 and path.read_text() == ""  # a fresh start: nothing of the old run
     assert drop_records_after(tmp_path / "missing.jsonl", 0) == 0
 
 
@@ -108,14 +124,22 @@ trainer, mode, at, overrides = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.a
 def die():
     os.kill(os.getpid(), signal.SIGKILL)
 
-if mode == "after_log":  # killed right after the first metrics line of step `at`
-    log = metrics.MetricsLogger.log
-    def log_then_die(self, step, **values):
-        log(self, step, **values)
+if mode == "after_log":  # killed right after the metrics line of step `at` is written
+    flush = metrics.MetricsLogger.flush
+    def flush_then_die(self):
+        step = (self._pending or {}).get("step")
+        flush(self)
         if step == at:
-            self._file.flush()
             die()
-    metrics.MetricsLogger.log = log_then_die
+    metrics.MetricsLogger.flush = flush_then_die
+elif mode == "sigterm_after_log":  # SIGTERM (the trainer's handler: finish the step, checkpoint, exit) at `at`
+    flush = metrics.MetricsLogger.flush
+    def flush_then_term(self):
+        step = (self._pending or {}).get("step")
+        flush(self)
+        if step == at:
+            os.kill(os.getpid(), signal.SIGTERM)
+    metrics.MetricsLogger.flush = flush_then_term
 elif mode == "in_checkpoint_write":  # killed half-way through writing the checkpoint of step `at`
     save = torch.save
     def torn_save(obj, f, *args, **kwargs):
@@ -201,6 +225,7 @@ def test_killed_twice_then_resumed_logs_each_step_once_and_leaves_no_temp_files(
     r = run_killed(tmp_path, trainer, "after_log", 5, overrides)
     assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
     assert steps_of(run, train_key) == [1, 2, 3, 4, 5] and steps_of(run, eval_key) == [2, 4]
+    assert steps_of(run, "step") == [1, 2, 3, 4, 5]
     assert [s for s, _ in CheckpointManager(run / "checkpoints").all()] == [3]
 
     # Resumed from 3, SIGKILL half-way through writing the checkpoint of step 6 (the last one).
@@ -211,13 +236,33 @@ def test_killed_twice_then_resumed_logs_each_step_once_and_leaves_no_temp_files(
     assert len(leftovers(run)) == 1 and leftovers(run)[0].startswith(".step_00000006.pt.")
     assert [s for s, _ in CheckpointManager(run / "checkpoints").all()] == [3]
 
-    # Resumed from 3 again, to the end: one line per step (and kind of record), the temp file gone.
+    # Resumed from 3 again, to the end: one line per step, the temp file gone.
     r = run_killed(tmp_path, trainer, "none", 0, overrides)
     assert r.returncode == 0, r.stderr[-3000:]
     assert steps_of(run, train_key) == [1, 2, 3, 4, 5, 6]
     assert steps_of(run, eval_key) == [2, 4, 6]
+    assert steps_of(run, "step") == [1, 2, 3, 4, 5, 6]  # one line per step: training and held-out values together
     assert leftovers(run) == []
     assert [s for s, _ in CheckpointManager(run / "checkpoints").all()] == [3, 6]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trainer", ["tokenizer", "var"])
+def test_sigterm_then_resume_then_rerun_after_the_end_log_each_step_once(tmp_path, trainer):
+    overrides = (tokenizer_overrides if trainer == "tokenizer" else var_overrides)(tmp_path)
+    run = tmp_path / "run"
+    r = run_killed(tmp_path, trainer, "sigterm_after_log", 4, overrides)  # between checkpoints 3 and 6
+    assert r.returncode == 0, r.stderr[-3000:]
+    # The trainer finishes the step it is in (the tokenizer trainer has read its stop flag for step 4 already: 5).
+    stopped = [s for s, _ in CheckpointManager(run / "checkpoints").all()]
+    assert stopped[0] == 3 and stopped[-1] in (4, 5) and len(stopped) == 2
+    assert steps_of(run, "step") == list(range(1, stopped[-1] + 1))
+    for _ in range(2):  # resumed to the end, then run again once finished (it trains and logs nothing)
+        r = run_killed(tmp_path, trainer, "none", 0, overrides)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert steps_of(run, "step") == [1, 2, 3, 4, 5, 6]
+    eval_key = "eval_psnr" if trainer == "tokenizer" else "eval_loss"
+    assert steps_of(run, eval_key)[-1] == 6
 
 
 # ---------------------------------------------------------------------------- damaged newest checkpoint

@@ -7,7 +7,9 @@ import argparse
 import importlib
 import sys
 
-from nextscale.commands.common import UserError, error_types
+from nextscale.commands.common import UserError, check_number, error_types
+
+MAX_THREADS = 1024
 
 # Subcommand name -> module. Order is the order of `nextscale --help`.
 COMMANDS = {
@@ -27,6 +29,19 @@ COMMANDS = {
 def out_of_memory_types() -> tuple[type[BaseException], ...]:
     import torch
     return (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError))
+
+
+def apply_threads(args) -> None:
+    """The command's --threads (0: the free cores, nextscale.threads), before it loads anything. A command that
+    sets `threads_per_call` (serve: a long-lived process) measures at each request instead of once."""
+    threads = getattr(args, "threads", None)
+    if threads is None:
+        return
+    check_number("--threads", threads, 0, MAX_THREADS, integer=True)
+    from nextscale import threads as thread_policy
+    if threads == 0 and getattr(args, "threads_per_call", False):
+        return  # (measured for each request: `nextscale.threads.free_cores_during_call`)
+    thread_policy.set_threads(threads)  # printed with the command's first progress bar
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         parser.parse_args(argv)  # the standard "unrecognized arguments" message and exit code 2
     try:
+        apply_threads(args)
         return int(args.run(args) or 0)
     except UserError as e:
         print(f"nextscale {args.command}: error: {e}", file=sys.stderr)
@@ -67,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"nextscale {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        from nextscale.threads import announce_threads
+        announce_threads(show=False)  # a command that printed no progress bar: its choice is not shown later
 
 
 if __name__ == "__main__":

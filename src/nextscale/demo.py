@@ -148,7 +148,8 @@ def main(argv=None) -> int:
     parser.add_argument("--reference-dir", default=os.environ.get("NEXTSCALE_REFERENCE_DIR", "../shared/reference"),
                         help="tiny reference models, used only when the shipped model is missing")
     args = parser.parse_args(argv)
-    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    from nextscale.threads import set_threads
+    set_threads(0)  # the free cores (the images do not depend on the count)
 
     try:
         var, note = load_demo_model(Path(args.reference_dir))

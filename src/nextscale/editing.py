@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from nextscale.images import load_images, to_model_input
 from nextscale.inference_options import as_label_tensor, precision_context, resolve_sampling
 from nextscale.sampling import (Generators, GuidanceSchedule, SampleOutput, _int8_copy, _tokenizer_of, generate_tokens,
-                                parse_guidance, request_generator)
+                                parse_guidance, request_generator, without_null_pass_at_cfg_0)
+from nextscale.threads import uses_free_cores
 from nextscale.transformer.var import VAR
 
 
@@ -70,6 +71,7 @@ def shade_regenerated(image_13HW: torch.Tensor, keep: torch.Tensor) -> torch.Ten
 
 
 @torch.no_grad()
+@uses_free_cores
 def edit(var: VAR, image, keep_mask: torch.Tensor, labels=None, seed: int | None = None, cfg: float | None = None,
          top_k: int | None = None, top_p: float | None = None, more_smooth: bool = False,
          generator: Generators = None, on_scale=None, per_image_seeds: bool = False,
@@ -101,7 +103,7 @@ def edit(var: VAR, image, keep_mask: torch.Tensor, labels=None, seed: int | None
     device = var.pos_1LC.device
     settings = resolve_sampling(var, cfg, top_k, top_p)
     low_precision = precision_context(precision, device)
-    guidance = parse_guidance(guidance, len(var.patch_nums))
+    guidance = without_null_pass_at_cfg_0(parse_guidance(guidance, len(var.patch_nums)), settings["cfg"])
     img_B3HW = to_model_input(load_images(image), vae.resolution, vae.config.image_channels).to(device)
     B = img_B3HW.shape[0]
     size = var.patch_nums[-1]

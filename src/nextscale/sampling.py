@@ -28,6 +28,7 @@ import torch.nn as nn
 from nextscale import rejection as rj
 from nextscale.inference_options import (as_label_tensor, check_seed, make_generator, precision_context,
                                          resolve_sampling, seeded_generators)
+from nextscale.threads import uses_free_cores
 from nextscale.transformer.logits import filter_logits
 from nextscale.transformer.var import VAR
 
@@ -79,6 +80,11 @@ class GuidanceSchedule:
             return cfg
         ratio = si / (num_scales - 1) if num_scales > 1 else 1.0
         return cfg * ratio
+
+
+def without_null_pass_at_cfg_0(schedule: GuidanceSchedule, cfg: float) -> GuidanceSchedule:
+    """cfg 0 (a guidance-free model's, e.g. after CCA): no null-class rows at all, one pass per scale."""
+    return GuidanceSchedule("truncated", 0) if cfg == 0 else schedule
 
 
 def parse_guidance(value, num_scales: int, name: str = "guidance") -> GuidanceSchedule:
@@ -344,6 +350,7 @@ def request_generator(seed: int | None, per_image_seeds: bool, generator: Genera
 
 
 @torch.no_grad()
+@uses_free_cores
 def sample(var: VAR, labels=None, seed: int | None = None, cfg: float | None = None, top_k: int | None = None,
            top_p: float | None = None, more_smooth: bool = False, batch_size: int | None = None,
            generator: Generators = None, num_samples: int | None = None, progress: bool = False,
@@ -401,7 +408,7 @@ def sample(var: VAR, labels=None, seed: int | None = None, cfg: float | None = N
     settings = resolve_sampling(var, cfg, top_k, top_p)
     cfg, top_k, top_p = settings["cfg"], settings["top_k"], settings["top_p"]
     low_precision = precision_context(precision, device)
-    guidance = parse_guidance(guidance, len(var.patch_nums))
+    guidance = without_null_pass_at_cfg_0(parse_guidance(guidance, len(var.patch_nums)), cfg)
     if refiner is not None or switch_at is not None:
         check_refiner(var, refiner, switch_at)
     gen_device = "cpu" if device.type == "cpu" else device
@@ -482,8 +489,8 @@ def _scale_reporter(progress: bool, total: int, on_scale):
     the caller's `on_scale`."""
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=total, desc="sampling", unit="scale")
+        from nextscale.progress import progress_bar
+        bar = progress_bar(total=total, desc="sampling", unit="scale")
 
     def report(si: int, tokens_so_far: list[torch.Tensor]) -> None:
         if bar is not None:

@@ -45,8 +45,19 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                             "count matches no published schedule")
 
 
+THREADS_HELP = ("CPU threads for torch (default 0: the cores other programs leave free, measured at the start and "
+                "printed; OMP_NUM_THREADS also chooses). On a busy machine more threads than free cores run slower, "
+                "not faster")
+
+
+def add_threads_arg(group) -> None:
+    """--threads, read by `cli.main`, which applies it (nextscale.threads) before the command runs."""
+    group.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
+
+
 def add_device_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("device")
+    add_threads_arg(group)
     group.add_argument("--device", default=None,
                        help="torch device: cuda when available, else cpu (default: automatic)")
     group.add_argument("--precision", "--dtype", dest="precision", default="float32",

@@ -6,10 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
-from nextscale.commands.common import Outputs, UserError, check_number
+from nextscale.commands.common import Outputs, UserError, add_threads_arg, check_number
 from nextscale.inference_options import MAX_SEED
 
-MAX_THREADS = 1024
 MAX_BATCH = 100_000
 
 EPILOG = """\
@@ -90,7 +89,7 @@ def add_parser(subparsers) -> None:
     out.add_argument("--batch-size", type=int, default=None,
                      help="images per forward pass (default 500 for the classifier, 50 for Inception)")
     out.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    out.add_argument("--threads", type=int, default=0, help="CPU threads (default 0: torch's default)")
+    add_threads_arg(out)
     p.set_defaults(run=run)
 
 
@@ -166,7 +165,6 @@ def format_table(results: dict) -> str:
 def run(args) -> int:
     from nextscale.commands.common import resolve_device
 
-    check_number("--threads", args.threads, 0, MAX_THREADS, integer=True)
     check_number("--batch-size", args.batch_size, 1, MAX_BATCH, integer=True)
     if min(args.is_splits, args.pr_k, args.floor_draws, args.kid_subsets) < 1 or args.kid_subset_size < 2:
         raise UserError("--is-splits, --pr-k, --floor-draws and --kid-subsets must be >= 1, --kid-subset-size >= 2")
@@ -201,8 +199,6 @@ def _evaluate(args, outputs: Outputs, device) -> int:
     from nextscale.evaluation.image_sets import read_image_set, write_npz
     from nextscale.evaluation.inception import load_inception
 
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
     # The classifier's files are checked (config.json, weights that fit it) before the images are read.
     classifier = None if args.no_classifier else load_classifier(args.classifier, device=device)
     samples = read_image_set(args.images)

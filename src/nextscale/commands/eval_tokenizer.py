@@ -6,12 +6,11 @@ import argparse
 import json
 from pathlib import Path
 
-from nextscale.commands.common import Outputs, UserError, check_number
+from nextscale.commands.common import Outputs, UserError, add_threads_arg, check_number
 
 MAX_BATCH = 100_000
 MAX_GRID_IMAGES = 256  # columns of reconstructions.png
 MAX_RESIZE_RATIO = 8.0  # the crop keeps 1/ratio of the shorter side: beyond this there is little image left
-MAX_THREADS = 1024
 
 EPILOG = """\
 examples:
@@ -61,7 +60,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--grid-images", type=int, default=8, help="images shown in reconstructions.png (default 8)")
     p.add_argument("--out", default="tokenizer_eval", help="folder for metrics.json and reconstructions.png")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's default)")
+    add_threads_arg(p)
     p.set_defaults(run=run)
 
 
@@ -74,7 +73,6 @@ def run(args) -> int:
     check_number("--max-images", args.max_images, 1, integer=True)
     check_number("--grid-images", args.grid_images, 1, MAX_GRID_IMAGES, integer=True)
     check_number("--resize-ratio", args.resize_ratio, 1, MAX_RESIZE_RATIO)
-    check_number("--threads", args.threads, 0, MAX_THREADS, integer=True)
     device = resolve_device(args.device)
     # The two reports are checked (folder created and written to) before the tokenizer is loaded or run.
     out = Path(args.out)
@@ -82,8 +80,6 @@ def run(args) -> int:
     outputs.file(out / "metrics.json", 0, f"--out {args.out}")
     outputs.file(out / "reconstructions.png", 0, f"--out {args.out}")
     outputs.check()
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
     with outputs.writing():  # a failure removes a folder the check created for nothing
         return _evaluate(args, outputs, device)
 

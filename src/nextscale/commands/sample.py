@@ -255,7 +255,7 @@ def load_rejection(args, var, device):
 
 
 def run(args) -> int:
-    from tqdm.auto import tqdm
+    from nextscale.progress import progress_bar
 
     import nextscale
     from nextscale.images import make_grid, save_png, to_uint8_hwc
@@ -309,7 +309,7 @@ def run(args) -> int:
                                    keep=keep, on_scale=on_scale, **common)
             offset += candidates_for(n, keep)
 
-    with outputs.writing(), tqdm(total=batches * len(var.patch_nums), desc="sampling", unit="scale") as bar:
+    with outputs.writing(), progress_bar(total=batches * len(var.patch_nums), desc="sampling", unit="scale") as bar:
         images_dir = outputs.temp_folder(out / "images") if not args.no_images else None
         npz = None
         if args.npz:

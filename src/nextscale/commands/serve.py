@@ -43,7 +43,7 @@ def add_parser(sub) -> None:
                         help="largest image accepted, in megapixels (width x height / 1e6); guards against small "
                              f"files that decode to huge images (default {DEFAULT_MAX_PIXELS / 1e6:g})")
     p.add_argument("--quiet", action="store_true", help="do not log requests to the console")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, threads_per_call=True)
 
 
 def is_loopback(host: str) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from nextscale.commands.common import Outputs, UserError, check_number, resolve_device
+from nextscale.commands.common import Outputs, UserError, add_threads_arg, check_number, resolve_device
 from nextscale.data.datasets import IMAGE_FOLDER_CONVENTION
 
 EPILOG = """\
@@ -41,6 +41,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="images per encoder pass (default 64)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing cache folder (never a folder holding other files)")
     p.add_argument("--device", default=None, help="torch device for the encoder (default: cuda when available)")
+    add_threads_arg(p)
     p.set_defaults(run=run)
 
 

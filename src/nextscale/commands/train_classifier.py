@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from nextscale.commands.common import int_list
+from nextscale.commands.common import add_threads_arg, int_list
 from nextscale.evaluation.classifier import ClassifierConfig
 from nextscale.evaluation.train_classifier import FOLDER_IMAGES_SEEN
 
@@ -64,8 +64,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     model.add_argument("--weight-decay", type=float, default=5e-4, help="AdamW weight decay (default 5e-4)")
     model.add_argument("--seed", type=int, default=0,
                        help="seed of initialisation, shuffling, augmentation (default 0)")
-    model.add_argument("--threads", type=int, default=0,
-                       help="CPU threads for torch (default 0: torch's default; 1 is fastest on a busy machine)")
+    add_threads_arg(model)
     model.add_argument("--device", default="cpu", help="torch device (default cpu)")
 
 
@@ -97,7 +96,6 @@ def run(args) -> int:
     check_number("--dropout", args.dropout, 0, 1, high_open=True)
     check_number("--seed", args.seed, 0, MAX_SEED, integer=True)
     check_number("--holdout-seed", args.holdout_seed, 0, 2**32 - 1, integer=True)  # NumPy's seeding
-    check_number("--threads", args.threads, 0, 1024, integer=True)
     check_number("--resolution", args.resolution, 1, 4096, integer=True)
     for width in args.widths or []:
         check_number("--widths", width, 1, 4096, integer=True)

@@ -244,9 +244,9 @@ class ImageFolderDataset(Dataset):
             keep = spread_indices(len(files), max_images).tolist()
             files, labels = [files[i] for i in keep], [labels[i] for i in keep]
         if verify and files:
-            from tqdm.auto import tqdm
+            from nextscale.progress import progress_bar
             keep = []
-            for i, p in enumerate(tqdm(files, desc=f"checking {self.root}", leave=False)):
+            for i, p in enumerate(progress_bar(files, desc=f"checking {self.root}", leave=False)):
                 reason = _try_decode(p)
                 if reason is None:
                     keep.append(i)

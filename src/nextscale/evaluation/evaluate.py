@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from nextscale.evaluation.colour import image_set_colourfulness
 from nextscale.evaluation.frechet import (feature_statistics, frechet_distance, inception_score,
                                           kernel_inception_distance, precision_recall)
 from nextscale.evaluation.image_sets import ImageSet, as_nhwc3
+from nextscale.progress import progress_bar
 
 MIN_HELDOUT = 20  # fewer held-out real images than this: the table warns that the distances are very noisy
 
@@ -32,7 +32,7 @@ def run_in_batches(model, image_set: ImageSet, outputs, device, batch_size: int,
     """Concatenated outputs of `outputs(model, images_BCHW) -> dict of (B, ...)` over the set, on the CPU."""
     pieces: dict[str, list] = {}
     total = (len(image_set) + batch_size - 1) // batch_size
-    for images in tqdm(image_set.batches(batch_size), total=total, desc=desc, leave=False, disable=total < 2):
+    for images in progress_bar(image_set.batches(batch_size), total=total, desc=desc, leave=False, disable=total < 2):
         for name, value in outputs(model, images.to(device)).items():
             pieces.setdefault(name, []).append(value.double().cpu())
     return {name: torch.cat(values) for name, values in pieces.items()}

@@ -72,14 +72,14 @@ class LabelledFolder:
     def decode(self, indices=None, desc: str = "", skipped: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """uint8 (n, H, W, C) images and their labels, resized and center-cropped as the transformer's data;
         unreadable files are left out with a warning (and appended to `skipped`)."""
-        from tqdm import tqdm
+        from nextscale.progress import progress_bar
 
         from nextscale.data.datasets import ImageTransform, read_error_reason
         from nextscale.images import ImageReadError, open_image
         transform = ImageTransform(self.resolution, train=False, channels=self.channels)
         indices = np.arange(len(self.paths)) if indices is None else np.asarray(indices)
         images, labels = [], []
-        for i in tqdm(indices.tolist(), desc=desc or f"reading {self.root}", leave=False, disable=len(indices) < 200):
+        for i in progress_bar(indices.tolist(), desc=desc or f"reading {self.root}", leave=False, disable=len(indices) < 200):
             path = self.paths[i]
             try:  # open_image refuses a file whose header claims more than its pixel cap, before decoding
                 with open_image(path) as im:

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from nextscale.evaluation.classifier import ClassifierConfig, ImageClassifier, fashion_mnist_data
 from nextscale.evaluation.real_data import image_folder_data, load_real_data
+from nextscale.progress import progress_bar
 
 FOLDER_IMAGES_SEEN = 20_000  # a folder's default epochs: about this many training images seen, at least 8 epochs
 
@@ -84,7 +84,7 @@ def _check(args) -> None:
 
 def train(args) -> dict:
     _check(args)
-    if args.threads > 0:
+    if args.threads > 0:  # (the command line applied its --threads already; this is for Python callers)
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
@@ -134,12 +134,12 @@ def train(args) -> dict:
     held_name = "test" if args.data is None else "held-out"
 
     log, start = [], time.time()
-    epoch_bar = tqdm(range(epochs), desc="epochs", leave=False, disable=epochs < 10)
+    epoch_bar = progress_bar(range(epochs), desc="epochs", leave=False, disable=epochs < 10)
     for epoch in epoch_bar:
         model.train()
         order = torch.randperm(len(images), generator=gen)
         total_loss, seen = 0.0, 0
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", leave=False,
+        bar = progress_bar(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", leave=False,
                    disable=steps_per_epoch < 10)
         for step in bar:
             idx = order[step * batch_size:(step + 1) * batch_size]

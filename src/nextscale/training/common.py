@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from pathlib import Path
 
@@ -72,9 +73,11 @@ def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
 
 
 def set_threads(threads: int) -> None:
-    """torch CPU threads per process (0: torch's default)."""
-    if threads > 0:
-        torch.set_num_threads(threads)
+    """torch CPU threads per process: `threads`, or 0: the free cores (nextscale.threads) shared between the
+    processes torchrun started on this machine. The choice is printed by rank 0."""
+    from nextscale import threads as thread_policy
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    thread_policy.set_threads(threads, world_size=local_world, announce=os.environ.get("RANK", "0") == "0")
 
 
 # ---------------------------------------------------------------------------- run folder

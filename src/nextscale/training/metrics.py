@@ -6,7 +6,9 @@ Usage:
     metrics = MetricsLogger("runs/x", enabled=is_main_process())   # writes runs/x/metrics.jsonl
     bar = progress_bar(total=config.steps, initial=start_step, desc="train", enabled=is_main_process())
     for step in ...:
-        metrics.log(step, loss=loss.item(), lr=lr)        # one JSON object per line: {"step": .., "loss": ..}
+        metrics.log(step, loss=loss.item(), lr=lr)        # one JSON object per step: {"step": .., "loss": ..}
+        metrics.log(step, eval_loss=...)                   # (same step: the same line)
+        metrics.flush()                                    # the step's line, before its checkpoint
         bar.set_postfix(loss=f"{loss.item():.4f}"); bar.update(1)
     bar.close(); metrics.close()
     plot_curves("runs/x/metrics.jsonl", "runs/x/curves.png",
@@ -30,9 +32,11 @@ from typing import Iterable, Sequence, Union
 
 from tqdm.auto import tqdm
 
+from nextscale.progress import progress_bar as _progress_bar
+
 
 class MetricsLogger:
-    """Appends `{"step": s, "time": t, **metrics}` lines to `folder/metrics.jsonl` (rank 0 only)."""
+    """Appends one `{"step": s, "time": t, **metrics}` line per step to `folder/metrics.jsonl` (rank 0 only)."""
 
     def __init__(self, folder: str | os.PathLike, enabled: bool = True, tensorboard: bool = True,
                  filename: str = "metrics.jsonl", resumed_step: int = 0):
@@ -40,6 +44,7 @@ class MetricsLogger:
         self.path = Path(folder) / filename
         self._file = None
         self._tb = None
+        self._pending: dict | None = None  # the line of the current step, until it is complete
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -55,18 +60,30 @@ class MetricsLogger:
                 self._tb = None
 
     def log(self, step: int, **metrics) -> None:
+        """Adds `metrics` to the line of `step`. Values logged for one step (training, held-out) make one line,
+        written when a later step is logged or at `flush()` / `close()`: the trainers flush at the end of each
+        step, before its checkpoint, so a checkpoint never holds a step whose line is not on disk."""
         if not self.enabled:
             return
-        record = {"step": int(step), "time": round(time.time(), 3)}
+        if self._pending is not None and self._pending["step"] != int(step):
+            self.flush()
+        if self._pending is None:
+            self._pending = {"step": int(step), "time": round(time.time(), 3)}
         for k, v in metrics.items():
-            record[k] = float(v) if hasattr(v, "item") or isinstance(v, (int, float)) and not isinstance(v, bool) else v
-        self._file.write(json.dumps(record) + "\n")
-        if self._tb is not None:
-            for k, v in record.items():
-                if k not in ("step", "time") and isinstance(v, (int, float)):
-                    self._tb.add_scalar(k, v, step)
+            value = float(v) if hasattr(v, "item") or isinstance(v, (int, float)) and not isinstance(v, bool) else v
+            self._pending[k] = value
+            if self._tb is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self._tb.add_scalar(k, value, step)
+
+    def flush(self) -> None:
+        """Writes the pending step's line."""
+        if self._pending is not None and self._file is not None:
+            self._file.write(json.dumps(self._pending) + "\n")
+            self._file.flush()
+        self._pending = None
 
     def close(self) -> None:
+        self.flush()
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -80,7 +97,7 @@ def drop_records_after(path: str | os.PathLike, step: int) -> int:
     how many lines were dropped. A file with nothing to drop or mend is not rewritten.
 
     A run killed after its last checkpoint logged steps that the resumed run computes and logs again; called
-    with the step it resumes from (0 for a fresh start), it keeps one line per step (and kind of record) however
+    with the step it resumes from (0 for a fresh start), it keeps one line per step however
     often the run is killed. Also a torn last line (a kill mid-write) goes, instead of gluing itself to the next
     record. The rewrite is atomic (temp file, then rename): a kill during it leaves the old file."""
     path = Path(path)
@@ -126,7 +143,7 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 def progress_bar(iterable: Iterable | None = None, total: int | None = None, desc: str = "", enabled: bool = True,
                  **kwargs) -> tqdm:
     """tqdm with sensible defaults; `enabled=False` on non-main ranks."""
-    return tqdm(iterable, total=total, desc=desc, disable=not enabled, dynamic_ncols=True, smoothing=0.05, **kwargs)
+    return _progress_bar(iterable, total=total, desc=desc, disable=not enabled, smoothing=0.05, **kwargs)
 
 
 # ---------------------------------------------------------------------------- PNG plot

@@ -173,8 +173,8 @@ def build_token_cache(vae, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     labels = np.zeros(num_images, dtype=np.int64)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=num_images, desc="tokenizing", unit="img", dynamic_ncols=True)
+        from nextscale.progress import progress_bar
+        bar = progress_bar(total=num_images, desc="tokenizing", unit="img")
     n = 0
     try:
         for images, batch_labels in batches:

@@ -83,7 +83,7 @@ class OptimConfig:
 @dataclass
 class TokenizerTrainConfig:
     RENAMED = {"batch_size": "global_batch"}
-    RANGES = {"seed": SEED, "steps": AT_LEAST_1, "global_batch": AT_LEAST_1, "threads": off_at_zero("torch's default"),
+    RANGES = {"seed": SEED, "steps": AT_LEAST_1, "global_batch": AT_LEAST_1, "threads": off_at_zero("the free cores"),
               "log_every": AT_LEAST_1, "eval_every": off_at_zero(), "eval_images": off_at_zero(),
               "checkpoint_every": off_at_zero("only at the end"), "keep_checkpoints": AT_LEAST_1,
               "time_limit_minutes": off_at_zero("no limit"), "stop_at_step": off_at_zero("none")}
@@ -100,7 +100,7 @@ class TokenizerTrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     device: str | None = None  # "cpu", "cuda" or None (automatic)
     precision: str = "float32"  # float32, bfloat16 or float16 (autocast; float16 needs a GPU); fp32/bf16/fp16 too
-    threads: int = 0  # torch CPU threads per process (0: torch's default)
+    threads: int = 0  # torch CPU threads per process (0: the cores other programs leave free)
     log_every: int = 25  # >= 1 (the last step is always logged)
     eval_every: int = 500  # held-out PSNR on `eval_images` images every this many steps and at the end (0: never)
     eval_images: int = 512  # 0: no held-out PSNR

@@ -418,12 +418,14 @@ class _TokenizerTrainer:
                 if self.step % config.log_every == 0 or self.step == config.steps:
                     self.log(metrics, bar, sums, lr)
                     sums = {}
-                # Held-out evaluation: its own cadence (not tied to log_every), its own metrics line.
-                if (self.main and self.eval_images is not None and config.eval_every > 0
-                        and self.step % config.eval_every == 0):
+                why = self.stop_reason(stop)
+                # Held-out evaluation: its own cadence (not tied to log_every), and the run's last step (also when
+                # stopped early), in the step's metrics line, which is written before the step's checkpoint.
+                due = config.eval_every > 0 and self.step % config.eval_every == 0
+                if self.main and self.eval_images is not None and (due or self.step == last_step or why):
                     self.last_eval = (self.step, evaluate_held_out(self.vae, self.eval_images))
                     metrics.log(self.step, **self.last_eval[1])
-                why = self.stop_reason(stop)
+                metrics.flush()
                 checkpoint_due = bool(config.checkpoint_every) and self.step % config.checkpoint_every == 0
                 if checkpoint_due or self.step == config.steps or why:
                     self.save()
@@ -436,16 +438,14 @@ class _TokenizerTrainer:
         return summary
 
     def summary(self, metrics: MetricsLogger) -> dict:
-        """The run's summary; rank 0 also logs the final held-out PSNR and draws curves.png."""
+        """The run's summary (with the last held-out metrics); rank 0 draws curves.png."""
         config = self.config
         summary = {"step": self.step, "minutes": self.elapsed_seconds() / 60,
                    "usage_per_scale": usage_per_scale(self.vae, config.codebook.usage_threshold),
                    "vae": self.vae, "discriminator": self.disc}
         if self.main and self.eval_images is not None:
-            if self.last_eval is None or self.last_eval[0] != self.step:  # the final PSNR, logged like the others
+            if self.last_eval is None or self.last_eval[0] != self.step:  # a rerun of a finished run: not logged
                 self.last_eval = (self.step, evaluate_held_out(self.vae, self.eval_images))
-                if self.step > self.start_step:  # (a rerun of a finished run trains nothing and logs nothing)
-                    metrics.log(self.step, **self.last_eval[1])
             summary.update(self.last_eval[1])
         metrics.close()
         if self.main:

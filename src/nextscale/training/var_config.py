@@ -81,10 +81,22 @@ class SampleConfig:
 
 
 @dataclass
+class CCAConfig:
+    """`cca.*` keys: condition contrastive alignment (training/cca.py), a guidance-free fine-tune of model.init_from."""
+
+    RANGES = {"beta": POSITIVE, "negative_weight": NON_NEGATIVE, "null_fraction": FRACTION}
+
+    enabled: bool = False
+    beta: float = 0.02  # β: how far the rewards are scaled before the sigmoid (the paper's 0.02)
+    negative_weight: float | None = None  # λ; None: the paper's for the depth (50 d16/d20, 100 d24, 1000 d30)
+    null_fraction: float = 0.1  # positives that use the null class (no negative): guidance keeps working
+
+
+@dataclass
 class TrainConfig:
     SHADOWED_BY = {"epochs": "steps"}
     RANGES = {"global_batch": AT_LEAST_1, "micro_batch": AT_LEAST_1, "epochs": POSITIVE, "steps": AT_LEAST_1,
-              "seed": SEED, "threads": off_at_zero("torch's default"), "log_every": AT_LEAST_1,
+              "seed": SEED, "threads": off_at_zero("the free cores"), "log_every": AT_LEAST_1,
               "eval_every": off_at_zero(), "eval_images": off_at_zero(),
               "checkpoint_every": off_at_zero("only at the end"),
               "keep_checkpoints": AT_LEAST_1}
@@ -96,13 +108,14 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    cca: CCAConfig = field(default_factory=CCAConfig)  # guidance-free fine-tuning of model.init_from
     global_batch: int = 256  # images per optimizer step, over all ranks and accumulation steps (>= 1)
     micro_batch: int | None = None  # images per forward pass per rank; None: global_batch / world_size
     epochs: float = 1.0  # > 0
     steps: int | None = None  # overrides epochs (>= 1)
     seed: int = 0
     device: str | None = None  # None: cuda when available
-    threads: int = 0  # torch CPU threads per process (0: torch's default)
+    threads: int = 0  # torch CPU threads per process (0: the cores other programs leave free)
     precision: str = "float32"  # float32, bfloat16 or float16 (autocast; float16 with a gradient scaler)
     compile: bool = False  # torch.compile the model
     parallel: str = "ddp"  # ddp, or fsdp (parameters, gradients and optimizer state sharded over ranks)

@@ -59,7 +59,7 @@ def checkpoint_to_model(path: str | os.PathLike, tokenizer: str | None = None):
     model.load_state_dict(state["model"])
     model.attach_tokenizer(vae)
     # Read by `nextscale sample`: class names, and the sampling settings the run's sample grids used.
-    model.extra_config = {k: state[k] for k in ("class_names", "sampling") if state.get(k)}
+    model.extra_config = {k: state[k] for k in ("class_names", "sampling", "guidance_free") if state.get(k)}
     model.extra_config["trained_steps"] = int(state["step"])
     return model.eval()
 

@@ -12,7 +12,7 @@ import contextlib
 import math
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ import torch
 from nextscale.data.datasets import build_dataset
 from nextscale.training import common
 from nextscale.training import distributed as D
+from nextscale.training.cca import CCAObjective, cca_record, check_cca_config
 from nextscale.training.metrics import MetricsLogger, progress_bar
 from nextscale.training.optim import build_adamw, build_scheduler, scaled_lr
 from nextscale.training.token_cache import TokenCache, tokenizer_identity
@@ -45,6 +46,7 @@ class StepStats:
     loss_sum_S: torch.Tensor
     correct_S: torch.Tensor
     count_S: torch.Tensor
+    extra: dict = field(default_factory=dict)  # other sums to log (CCA's terms), by name
 
 
 class _Trainer:
@@ -54,6 +56,7 @@ class _Trainer:
         self.device = info.device
         self.world = info.world_size
         self.main = info.is_main
+        self.objective = None  # the loss when it is not plain cross-entropy (cca.enabled: training/cca.py)
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -120,6 +123,19 @@ class _Trainer:
         self.scaler = common.grad_scaler(config.precision, self.device)
         self.autocast = common.autocast(config.precision, self.device)
         self.segments = segment_sizes(self.model, self.vae)
+        if config.cca.enabled:
+            self.objective = self._cca_objective()
+
+    def _cca_objective(self) -> CCAObjective:
+        """CCA's objective: its reference is model.init_from again, frozen (built under a forked random state, so
+        that turning CCA on does not move the run's random numbers). The model's class dropout is off: CCA draws
+        its own null-class rows (cca.null_fraction)."""
+        config = self.config
+        check_cca_config(config)
+        with torch.random.fork_rng(devices=[]):
+            reference = build_model(config.model, self.vae, self.num_classes).to(self.device)
+        self.model.class_drop_prob = 0.0
+        return CCAObjective(config.cca, reference, self.num_classes, config.model.depth)
 
     def _wrap(self, model):
         config = self.config
@@ -184,11 +200,17 @@ class _Trainer:
             inputs, target_BL = model_targets(self.raw_model, self.vae, tokens_BL)
             last = i == len(batches) - 1
             with self._no_sync(not last), self.autocast:
-                loss, loss_S, correct_S = forward_and_stats(model, labels_B, inputs, target_BL, self.segments,
-                                                            optim.label_smoothing)
+                if self.objective is not None:
+                    loss, loss_S, correct_S, extra = self.objective(model, labels_B, inputs, target_BL, self.segments)
+                else:
+                    loss, loss_S, correct_S = forward_and_stats(model, labels_B, inputs, target_BL, self.segments,
+                                                                optim.label_smoothing)
+                    extra = {}
             self.scaler.scale(loss / len(batches)).backward()
             stats.loss_sum_S += loss_S
             stats.correct_S += correct_S
+            for name, value in extra.items():
+                stats.extra[name] = stats.extra.get(name, 0) + value.detach()
             self._add_counts(stats, tokens_BL.shape[0])
         self.scaler.unscale_(self.optimizer)
         if optim.grad_clip > 0:
@@ -246,6 +268,10 @@ class _Trainer:
             for s, (l_s, a_s) in enumerate(zip(loss_S, acc_S)):
                 rec[f"loss_s{s}"] = l_s
                 rec[f"acc_s{s}"] = a_s
+        if stats.extra:  # (every rank has the same names)
+            names = sorted(stats.extra)
+            extra = D.all_reduce_sum(torch.stack([stats.extra[n].float() for n in names])).tolist()
+            rec.update(cca_record(dict(zip(names, extra)), float(summed[2][0]) / self.segments[0]))
         return rec
 
     @torch.no_grad()
@@ -304,11 +330,7 @@ class _Trainer:
         metrics = MetricsLogger(self.out, enabled=self.main, tensorboard=config.tensorboard, resumed_step=self.step)
         start_step = self.step
         with D.StopRequested() as stop:
-            stopped_by, last_record, last_eval, last_eval_step = self._loop(metrics, stop)
-            if (not stopped_by and self.eval_batches is not None and last_eval_step != self.step
-                    and self.step > start_step):  # (a rerun of a finished run trains and logs nothing)
-                last_eval = self.evaluate()  # the final held-out metrics
-                metrics.log(self.step, **last_eval)
+            stopped_by, last_record, last_eval = self._loop(metrics, stop)
             path = self.save_checkpoint()
         metrics.close()
         summary = {"step": self.step, "start_step": start_step, "total_steps": self.total_steps,
@@ -324,9 +346,10 @@ class _Trainer:
         D.barrier()
         return summary
 
-    def _loop(self, metrics: MetricsLogger, stop: D.StopRequested) -> tuple[int, dict, dict, int | None]:
+    def _loop(self, metrics: MetricsLogger, stop: D.StopRequested) -> tuple[int, dict, dict]:
         """Optimizer steps up to total_steps or a stop signal -> (the signal or 0, the last record, the last
-        held-out record and its step)."""
+        held-out record). Each step's values (training, held-out) make one metrics line, written before the
+        step's checkpoint; the last step is always evaluated (a rerun of a finished run trains and logs nothing)."""
         config = self.config
         bar = progress_bar(total=self.total_steps, initial=self.step, desc="train", unit="step",
                            enabled=self.main and config.progress)
@@ -335,7 +358,6 @@ class _Trainer:
         stats = self.new_stats()  # summed over the steps since the last log line
         last_record: dict = {}
         last_eval: dict = {}
-        last_eval_step = None
         while self.step < self.total_steps:
             grad_norm = self.train_step(stats)
             window_steps += 1
@@ -346,21 +368,22 @@ class _Trainer:
                 window_start, window_steps = time.perf_counter(), 0
                 stats = self.new_stats()
             bar.update(1)
+            if self.eval_batches is not None and (self.step % config.eval_every == 0
+                                                  or self.step == self.total_steps):
+                last_eval = self.evaluate()
+                metrics.log(self.step, **last_eval)
+            metrics.flush()
             if config.checkpoint_every and self.step % config.checkpoint_every == 0 and self.step < self.total_steps:
                 self.save_checkpoint()
             if config.sample.every and self.step % config.sample.every == 0:
                 self.write_samples()
-            if self.eval_batches is not None and self.step % config.eval_every == 0:
-                last_eval = self.evaluate()
-                last_eval_step = self.step
-                metrics.log(self.step, **last_eval)
             if self.on_step is not None:
                 self.on_step(self.step, last_record)
             stopped_by = stop.agreed(self.device)
             if stopped_by:
                 break
         bar.close()
-        return stopped_by, last_record, last_eval, last_eval_step
+        return stopped_by, last_record, last_eval
 
     def _log(self, metrics: MetricsLogger, bar, stats: StepStats, grad_norm: float, images_per_s: float) -> dict:
         rec = self.record(stats, grad_norm, images_per_s)

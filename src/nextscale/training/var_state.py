@@ -43,7 +43,10 @@ def checkpoint_state(config: TrainConfig, model, model_sd, optim_sd, scheduler, 
             "data": data_identity(num_items, config),
             "model_kind": config.model.kind, "model_config": model.config.to_dict(),
             "tokenizer": tokenizer_id, "class_names": class_names,
-            "sampling": {"cfg": config.sample.cfg, "top_k": config.sample.top_k, "top_p": config.sample.top_p},
+            # A CCA fine-tune samples without guidance: its model recommends cfg 0 (no null-class pass).
+            "sampling": {"cfg": 0.0 if config.cca.enabled else config.sample.cfg, "top_k": config.sample.top_k,
+                         "top_p": config.sample.top_p},
+            "guidance_free": bool(config.cca.enabled),
             "world_size": world_size, "config": config_to_dict(config)}
 
 
