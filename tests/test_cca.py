@@ -136,3 +136,33 @@ def test_cfg_0_runs_one_pass_per_scale_and_equals_no_guidance():
     handle.remove()
     unguided = nextscale.sample(var, labels=[0, 1, 2], seed=0, cfg=0.0, top_k=0, top_p=0.0, guidance="truncated:0")
     assert torch.equal(plain.images, unguided.images) and plain.images.shape == guided.images.shape
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("fashion_mnist")
+def test_the_readmes_cca_command_fine_tunes_the_shipped_model(tmp_path):
+    """The README's CCA command as written (a few steps appended), from the shipped model, on Fashion-MNIST."""
+    import re
+    import shlex
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    block = re.search(r"### Guidance-free sampling \(CCA\)\n.*?```bash\n(.*?)```", readme, re.S).group(1)
+    line = next(l for l in block.splitlines() if l.startswith("nextscale train"))
+    argv = shlex.split(line)[1:] + [f"out_dir={tmp_path / 'cca'}", "steps=2", "eval_images=16", "eval_every=0",
+                                    "checkpoint_every=0", "log_every=1", "global_batch=4"]
+    r = subprocess.run([sys.executable, "-m", "nextscale", *argv], cwd=root, capture_output=True, text=True,
+                       timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    from nextscale.training.metrics import read_jsonl
+    records = read_jsonl(tmp_path / "cca" / "metrics.jsonl")
+    assert [rec["step"] for rec in records] == [1, 2]
+    # At step 1 the model is the reference: (1 + λ)·ln 2 for the rows with a negative, ln 2 for the null rows.
+    lam = 10.0
+    assert math.log(2) <= records[0]["cca_loss"] <= (1 + lam) * math.log(2) + 1e-4
+    folder = tmp_path / "cca" / "model"
+    assert json.loads((folder / "config.json").read_text())["guidance_free"] is True
+    out = nextscale.sample(nextscale.load_var(folder), labels=[0, 7], seed=0)  # its recommended cfg 0
+    assert out.images.shape == (2, 3, 32, 32)

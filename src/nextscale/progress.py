@@ -3,7 +3,8 @@
 On a terminal: tqdm's live bar. Anywhere else (a log file, CI, `nohup`, a pipe), a live bar writes one
 carriage-return-separated update per step: the own-images journey once wrote 1,435 of them (174 kB) into its
 log, which most viewers show as that many lines. There the bar prints a plain line at most every
-NON_TERMINAL_SECONDS (and its last state when it closes), so a log grows with the run's duration, not its steps.
+NON_TERMINAL_SECONDS (and its last state when it closes; a bar done sooner prints nothing), so a log grows with
+the run's duration, not its steps.
 
     from nextscale.progress import progress_bar
     for x in progress_bar(items, desc="tokenizing", unit="img"): ...
@@ -72,7 +73,9 @@ def progress_bar(iterable=None, *, total=None, desc: str | None = None, disable:
         kwargs.setdefault("dynamic_ncols", True)
         return tqdm(iterable, total=total, desc=desc, disable=disable, file=stream, **kwargs)
     seconds = non_terminal_seconds()
-    # At most one line every `seconds` (mininterval); miniters=1 lets the time alone decide (tqdm's monitor thread
-    # forces a refresh only when miniters > 1); leave=True keeps the last state as the bar's final line.
-    kwargs.update(mininterval=seconds, maxinterval=seconds, miniters=1, ncols=100, ascii=True, leave=True)
+    # At most one line every `seconds` (mininterval), the first after `seconds` (delay: a bar done sooner writes
+    # nothing, not a 0% and a 100% line); miniters=1 lets the time alone decide (tqdm's monitor thread forces a
+    # refresh only when miniters > 1); leave=True keeps the last state as the bar's final line.
+    kwargs.update(mininterval=seconds, maxinterval=seconds, delay=seconds, miniters=1, ncols=100, ascii=True,
+                  leave=True)
     return _LogBar(iterable, total=total, desc=desc, disable=disable, file=_LinesOnly(stream), **kwargs)
