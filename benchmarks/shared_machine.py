@@ -32,6 +32,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench import processor_name  # (benchmarks/ is on the path when this script runs)
+
 POLICIES = {
     "today": {},
     "nextscale": {},
@@ -89,16 +91,6 @@ training = best(train_step)
 print(json.dumps({"threads": torch.get_num_threads(), "sampling_s": sampling, "train_step_s": training,
                   "busy_measured": None if choice is None else choice.busy, "spin": spin}))
 """
-
-
-def processor_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def start_busy(n: int) -> list[subprocess.Popen]:

@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from nextscale.training.var_model import per_scale_sums
+
 
 # λ from the paper's table per published depth; other depths take the smallest.
 PAPER_NEGATIVE_WEIGHT = {16: 50.0, 20: 50.0, 24: 100.0, 30: 1000.0}
@@ -40,11 +42,15 @@ def mismatched_labels(labels_B: torch.Tensor, num_classes: int) -> torch.Tensor:
     return torch.where(shifted == labels_B, (labels_B + 1) % num_classes, shifted)
 
 
+def token_nll(logits_BLV: torch.Tensor, target_BL: torch.Tensor) -> torch.Tensor:
+    """−log p of each token (B, L), in float32."""
+    B, L, V = logits_BLV.shape
+    return F.cross_entropy(logits_BLV.reshape(-1, V).float(), target_BL.reshape(-1), reduction="none").view(B, L)
+
+
 def sequence_log_likelihood(logits_BLV: torch.Tensor, target_BL: torch.Tensor) -> torch.Tensor:
     """log p(x|c) of each row: the sum of its tokens' log-probabilities (float32)."""
-    B, L, V = logits_BLV.shape
-    token_nll = F.cross_entropy(logits_BLV.reshape(-1, V).float(), target_BL.reshape(-1), reduction="none")
-    return -token_nll.view(B, L).sum(dim=1)
+    return -token_nll(logits_BLV, target_BL).sum(dim=1)
 
 
 def cca_loss(policy_pos_B, reference_pos_B, policy_neg_B, reference_neg_B, beta: float, lam: float,
@@ -79,17 +85,14 @@ class CCAObjective:
         both_inputs = torch.cat([inputs, inputs])
         both_targets = torch.cat([target_BL, target_BL])
         logits = model(both_labels, both_inputs)
-        policy = sequence_log_likelihood(logits, both_targets)
+        nll_BL = token_nll(logits, both_targets)
+        policy = -nll_BL.sum(dim=1)
         with torch.no_grad():
             reference = sequence_log_likelihood(self.reference(both_labels, both_inputs), both_targets)
         loss = cca_loss(policy[:B], reference[:B], policy[B:], reference[B:], self.beta, self.lam, ~null_B)
+        # The positives' token losses and accuracy, reported like ordinary training's.
+        loss_S, correct_S = per_scale_sums(nll_BL[:B], logits[:B], target_BL, segments)
         with torch.no_grad():
-            pos_logits = logits[:B]
-            token_loss = F.cross_entropy(pos_logits.reshape(-1, pos_logits.shape[-1]).float(), target_BL.reshape(-1),
-                                         reduction="none").view(B, -1)
-            correct = (pos_logits.argmax(-1) == target_BL).float()
-            loss_S = torch.stack([seg.sum() for seg in token_loss.split(segments, dim=1)])
-            correct_S = torch.stack([seg.sum() for seg in correct.split(segments, dim=1)])
             margin = (policy[:B] - reference[:B]) - (policy[B:] - reference[B:])
             extra = {"cca_loss": loss.detach() * B, "cca_margin": margin[~null_B].sum(),
                      "cca_margin_rows": (~null_B).sum().float()}

@@ -92,11 +92,17 @@ def forward_and_stats(model, labels_B, inputs, target_BL, segments, label_smooth
     B, L, V = logits_BLV.shape
     loss_BL = F.cross_entropy(logits_BLV.reshape(-1, V).float(), target_BL.reshape(-1),
                               label_smoothing=label_smoothing, reduction="none").view(B, L)
-    with torch.no_grad():
-        correct_BL = (logits_BLV.argmax(-1) == target_BL).float()
-        loss_S = torch.stack([seg.sum() for seg in loss_BL.detach().split(segments, dim=1)])
-        correct_S = torch.stack([seg.sum() for seg in correct_BL.split(segments, dim=1)])
+    loss_S, correct_S = per_scale_sums(loss_BL, logits_BLV, target_BL, segments)
     return loss_BL.mean(), loss_S, correct_S
+
+
+@torch.no_grad()
+def per_scale_sums(loss_BL, logits_BLV, target_BL, segments) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-scale sums of the tokens' loss and of their correct predictions (what the metrics lines report)."""
+    correct_BL = (logits_BLV.argmax(-1) == target_BL).float()
+    loss_S = torch.stack([seg.sum() for seg in loss_BL.detach().split(segments, dim=1)])
+    correct_S = torch.stack([seg.sum() for seg in correct_BL.split(segments, dim=1)])
+    return loss_S, correct_S
 
 
 @torch.no_grad()
