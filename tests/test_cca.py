@@ -166,3 +166,29 @@ def test_the_readmes_cca_command_fine_tunes_the_shipped_model(tmp_path):
     assert json.loads((folder / "config.json").read_text())["guidance_free"] is True
     out = nextscale.sample(nextscale.load_var(folder), labels=[0, 7], seed=0)  # its recommended cfg 0
     assert out.images.shape == (2, 3, 32, 32)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("fashion_mnist")
+def test_the_readmes_cca_benchmark_command_runs(tmp_path):
+    """The README's `benchmarks/fmnist_cca.py` command as written, with the shipped model and classifier standing in
+    for the fine-tune and the second classifier, and 2 images per class."""
+    import re
+    import shlex
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    block = re.search(r"### Guidance-free sampling \(CCA\)\n.*?```bash\n(.*?)```", readme, re.S).group(1)
+    line = next(l for l in block.replace("\\\n", " ").splitlines() if l.startswith("python benchmarks/fmnist_cca.py"))
+    line = line.replace("runs/var_fmnist_cca_l10/model", "src/nextscale/assets/fashion_mnist_var")
+    line = line.replace("bench_results/second_classifier", "src/nextscale/assets/fashion_mnist_classifier")
+    argv = shlex.split(line)[1:] + ["--num-per-class", "2", "--out", str(tmp_path / "out")]
+    r = subprocess.run([sys.executable, *argv], cwd=root, capture_output=True, text=True, timeout=900,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert set(results["models"]) == {"shipped", "cca"} and results["models"]["cca"]["cfg"] == 0.0
+    assert set(results["models"]["cca"]["scores"]) == {"project", "second"}
+    assert "second acc" in r.stdout
